@@ -1,0 +1,168 @@
+"""Load a Stable Diffusion pipeline from a model spec: ``toy:<domain>``, a hub id, a local folder or one file.
+
+Every source ends in the same ``diffusers.StableDiffusionPipeline``, so the rest of the library has one
+code path for the shipped toy model and for real checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.registry import Registry
+
+# spec prefix ("toy") -> loader(rest_of_spec, dtype) returning a pipeline on the CPU
+_SOURCES: Registry[Callable] = Registry("model source")
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def register_model_source(prefix: str, loader: Callable) -> Callable:
+    """Make specs ``"<prefix>:<name>"`` load through ``loader(name, dtype) -> StableDiffusionPipeline``."""
+    return _SOURCES.register(prefix, loader)
+
+
+def list_model_sources() -> list[str]:
+    """Registered spec prefixes (``toy`` and any added by plugins)."""
+    return _SOURCES.names()
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the best available: cuda > mps > cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """``dtype`` if given (a torch dtype or "fp32" / "fp16" / "bf16"), else fp16 on GPUs and fp32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        if dtype not in _DTYPES:
+            raise NoiseCLRLabError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
+        return _DTYPES[dtype]
+    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """The dtype keyword of diffusers' loaders: ``dtype`` on releases that renamed it, else ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def _sd_kwargs(dtype: torch.dtype) -> dict:
+    # the safety checker is not part of the method and would double the download; users may add it back
+    return {**dtype_kwargs(dtype), "safety_checker": None, "requires_safety_checker": False}
+
+
+def _load_folder(path: Path, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if not (path / "model_index.json").is_file():
+        raise NoiseCLRLabError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder saved with "
+            "save_pretrained, a .safetensors/.ckpt file, a hub id or toy:<domain>."
+        )
+    try:
+        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **_sd_kwargs(dtype))
+    except (OSError, ValueError, KeyError) as e:
+        raise NoiseCLRLabError(f"Could not load the pipeline folder {path}: {_first_line(e)}") from e
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = _sd_kwargs(dtype)
+    kwargs.pop("requires_safety_checker")
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        return StableDiffusionPipeline.from_single_file(str(path), local_files_only=_offline(), **kwargs)
+    except Exception as e:  # diffusers raises a mix of OSError / ValueError / SafetensorError here
+        msg = _first_line(e)
+        if "config" in msg.lower() or "connect" in msg.lower() or "offline" in msg.lower() or "cache" in msg.lower():
+            raise NoiseCLRLabError(
+                f"Could not load {path}: a single-file checkpoint needs its base model's diffusers config, which is "
+                "not in the local cache; pass config=<a local diffusers folder of the same architecture> "
+                "(CLI: --config DIR) or run once with network access."
+            ) from e
+        raise NoiseCLRLabError(f"Could not load the checkpoint file {path}: {msg}") from e
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=_offline(), **_sd_kwargs(dtype))
+    except (OSError, ValueError) as e:
+        raise NoiseCLRLabError(
+            f"Could not load {repo_id!r}: it is not a local path and not in the Hugging Face cache"
+            + (" (HF_HUB_OFFLINE is set)" if _offline() else "")
+            + f"; download it first with `hf download {repo_id}` on a machine with network access, "
+            "or pass a local folder or .safetensors file."
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def load_pipeline(spec: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                  config: str | None = None):
+    """Load a ``StableDiffusionPipeline`` from ``spec`` and move it to ``device`` in ``dtype``.
+
+    ``spec`` is ``toy:<domain>`` (the shipped toy model), a local pipeline folder, a single
+    ``.safetensors``/``.ckpt`` file (``config``: a diffusers folder or hub id describing its architecture,
+    needed offline), or a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``.
+    Device defaults to cuda > mps > cpu; dtype to fp16 on GPUs and fp32 on the CPU.
+    """
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    prefix, sep, rest = spec.partition(":")
+    path = Path(spec).expanduser()
+    if sep and prefix in _SOURCES and not path.exists():
+        pipe = _SOURCES.get(prefix)(rest, dt)
+    elif path.is_dir():
+        pipe = _load_folder(path, dt)
+    elif path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise NoiseCLRLabError(
+                f"{path} is neither a pipeline folder nor a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint file."
+            )
+        pipe = _load_single_file(path, dt, config)
+    elif sep and "/" not in spec:
+        raise NoiseCLRLabError(f"Unknown model source {prefix!r} in {spec!r}; known: {', '.join(list_model_sources())}.")
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.suffix:
+        pipe = _load_hub(spec, dt)
+    else:
+        raise NoiseCLRLabError(f"Model {spec!r} not found: no such file or folder, and it is not a hub id (org/name).")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def _load_toy(domain: str, dtype: torch.dtype):
+    from noiseclr_lab.toyworld import load_toy_pipeline
+
+    return load_toy_pipeline(domain, dtype)
+
+
+register_model_source("toy", _load_toy)

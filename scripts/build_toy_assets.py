@@ -1,0 +1,37 @@
+"""Build (or continue building) the shipped toy models; see noiseclr_lab/toyworld/build.py.
+
+Each stage is time-boxed and resumable: run it again to continue from its last checkpoint.
+Examples:
+    python scripts/build_toy_assets.py --stage vae --minutes 15
+    python scripts/build_toy_assets.py --stage unet --minutes 60
+    python scripts/build_toy_assets.py --stage export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from noiseclr_lab.toyworld import build
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=build.STAGES, help="which asset to train, evaluate or export")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget of this call")
+    p.add_argument("--work", default=build.BuildConfig.work, help="folder for caches and resumable checkpoints")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = build.BuildConfig(work=args.work, device=args.device)
+    result = build.run_stage(cfg, args.stage, args.minutes)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Shared fixtures: real diffusers / transformers classes at tiny size, nothing downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def make_tiny_components(hidden_size: int = 32, seed: int = 0) -> dict:
+    """A tiny random Stable Diffusion 1.x (diffusers get_dummy_components style) with the real CLIP tokenizer."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from noiseclr_lab.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=hidden_size,
+        norm_num_groups=2,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=hidden_size,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=hidden_size,
+        )
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": build_clip_tokenizer(),
+            "scheduler": scheduler, "safety_checker": None, "feature_extractor": None, "image_encoder": None}
+
+
+def make_tiny_pipeline(hidden_size: int = 32, seed: int = 0):
+    """A fresh tiny StableDiffusionPipeline on the CPU."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**make_tiny_components(hidden_size, seed), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh tiny pipeline per test (tests install tokens into it)."""
+    return make_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_dir(tmp_path_factory):
+    """The tiny pipeline saved with save_pretrained (a local pipeline folder)."""
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    make_tiny_pipeline().save_pretrained(folder)
+    return folder
