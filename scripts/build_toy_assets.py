@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -23,12 +24,14 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget of this call")
     p.add_argument("--work", default=build.BuildConfig.work, help="folder for caches and resumable checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--n-train", type=int, default=build.BuildConfig.n_train, help="rendered training images per domain")
+    p.add_argument("--out", type=Path, default=build.ASSET_DIR, help="where --stage export writes the assets")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build.BuildConfig(work=args.work, device=args.device)
-    result = build.run_stage(cfg, args.stage, args.minutes)
+    cfg = build.BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
+    result = build.run_stage(cfg, args.stage, args.minutes, args.out)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -29,4 +29,56 @@ def load_toy_pipeline(domain: str, dtype=None):
     return pipe
 
 
-__all__ = ["ASSET_DIR", "Domain", "Factor", "get_domain", "list_domains", "load_toy_pipeline", "register_domain"]
+def load_probe(domain: str, device="cpu"):
+    """The shipped factor probe of ``domain``: ``load_probe("faces").predict(images)`` -> ProbeReading."""
+    from noiseclr_lab.toyworld.probe import load_probe_from
+
+    get_domain(domain)
+    if not (ASSET_DIR / f"probe_{domain}.json").is_file():
+        raise NoiseCLRLabError(f"The toy factor probe for {domain!r} is missing from {ASSET_DIR}; {BUILD_HINT}.")
+    return load_probe_from(ASSET_DIR, domain, device)
+
+
+CLIP_NAME = "toy-clip"
+
+
+def register_toy_clip() -> str:
+    """Register the toy CLIP's config with open_clip (``open_clip.add_model_config``); returns its name."""
+    import open_clip
+
+    cfg = ASSET_DIR / "clip" / f"{CLIP_NAME}.json"
+    if not cfg.is_file():
+        raise NoiseCLRLabError(f"The toy CLIP is missing from {cfg.parent}; {BUILD_HINT}.")
+    if CLIP_NAME not in open_clip.list_models():
+        open_clip.add_model_config(cfg)
+    return CLIP_NAME
+
+
+def toy_clip_weights() -> Path:
+    """Path of the shipped toy CLIP weights (pass as ``pretrained=`` to open_clip)."""
+    return ASSET_DIR / "clip" / f"{CLIP_NAME}.safetensors"
+
+
+def load_clip(device="cpu"):
+    """The shipped toy open_clip CLIP: ``(model, preprocess, tokenizer)`` as open_clip builds them.
+
+    Equivalent to ``open_clip.create_model_and_transforms("toy-clip", pretrained=toy_clip_weights())``
+    after :func:`register_toy_clip`.
+    """
+    import open_clip
+
+    name = register_toy_clip()
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(toy_clip_weights()), device=device)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def toy_assets_info() -> dict:
+    """toy_assets.json: how each shipped asset was trained and its measured quality."""
+    import json
+
+    path = ASSET_DIR / "toy_assets.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+__all__ = ["ASSET_DIR", "Domain", "Factor", "get_domain", "list_domains", "load_clip", "load_probe",
+           "load_toy_pipeline", "register_domain", "register_toy_clip", "toy_assets_info", "toy_clip_weights"]
