@@ -19,6 +19,10 @@ _LAZY = {
     "import_official": "noiseclr_lab.directions.official",
     "build_clip_tokenizer": "noiseclr_lab.tokenizer",
     "NoiseCLRLabError": "noiseclr_lab.errors",
+    "EditPipeline": "noiseclr_lab.editing.pipeline",
+    "EditOutput": "noiseclr_lab.editing.pipeline",
+    "Inversion": "noiseclr_lab.editing.pipeline",
+    "invert": "noiseclr_lab.editing.inversion",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -70,7 +70,88 @@ def _cmd_toy_render(args) -> int:
     return 0
 
 
+def _cmd_edit(args) -> int:
+    import torch
+
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.editing import EditPipeline, invert
+    from noiseclr_lab.editing.grid import edit_grid
+    from noiseclr_lab.models import load_pipeline
+
+    bank = DirectionBank.load(args.bank)
+    edits = dict(args.apply or [])
+    windows = {name: win for name, win in (args.window or [])}
+    if not args.grid and not edits:
+        raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    pipe.noiseclr_spec = args.model
+    ep = EditPipeline(pipe, bank)
+    for name in list(edits) + list(windows):
+        bank.index(name)  # unknown names fail before any work
+    inversion = None
+    if args.image is not None:
+        inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion)
+        for note in inversion.notes:
+            print(f"image: {note}")
+    kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "negative_prompt": args.negative_prompt}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.grid:
+        names = list(edits) or bank.tokens
+        grid = edit_grid(ep, names, args.scales, prompt=args.prompt, seed=args.seed, inversion=inversion, **kwargs)
+        _save_image(grid, args.out)
+        print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
+        return 0
+    out = ep(args.prompt, edits=edits, windows=windows, generator=torch.Generator().manual_seed(args.seed),
+             inversion=inversion, **kwargs)
+    _save_image(out.images[0], args.out)
+    applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in out.edits.items())
+    print(f"wrote {args.out} ({applied})")
+    return 0
+
+
+def _save_image(img, path: Path) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        img.save(tmp)
+    except (ValueError, OSError) as e:
+        raise NoiseCLRLabError(f"Cannot write {path}: {e}") from e
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- parser
+
+
+def _name_value(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SCALE such as '<d3>=4', got {text!r}") from None
+
+
+def _name_window(text: str) -> tuple[str, tuple[int, int]]:
+    name, sep, value = text.rpartition("=")
+    try:
+        start, end = value.split(":")
+        if not sep or not name:
+            raise ValueError
+        return name, (int(start), int(end))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=START:END such as '<d3>=0:25', got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one scale")
+    return values
 
 
 def _positive_int(text: str) -> int:
@@ -107,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bank", type=Path, help="a directions.safetensors file")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.set_defaults(func=_cmd_export_ti)
+
+    s = sub.add_parser("edit", help="apply directions to a generated image (a seed) or a real one (--image)")
+    s.add_argument("--model", default="toy:faces", help="toy:<domain>, hub id, pipeline folder or .safetensors/.ckpt")
+    s.add_argument("--bank", type=Path, required=True, help="directions.safetensors")
+    s.add_argument("--apply", type=_name_value, action="append", metavar="NAME=SCALE",
+                   help="a direction (token or label) and its scale; repeat to compose")
+    s.add_argument("--window", type=_name_window, action="append", metavar="NAME=START:END",
+                   help="steps [START, END) on which a direction is active (default: all)")
+    s.add_argument("--image", type=Path, default=None, help="edit this real image (inverted first) instead of a seed")
+    s.add_argument("--inversion", choices=("ddim", "null-text"), default="ddim", help="inversion method for --image")
+    s.add_argument("--prompt", default="", help="prompt for generation (ignored with --image)")
+    s.add_argument("--negative-prompt", default=None, help="negative prompt (generation with CFG)")
+    s.add_argument("--steps", type=_positive_int, default=50, help="denoising steps")
+    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (generation only)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed")
+    s.add_argument("--out", type=Path, required=True, help="output PNG")
+    s.add_argument("--grid", action="store_true", help="write a directions x scales grid instead of one image")
+    s.add_argument("--scales", type=_float_list, default=[-6.0, -3.0, 0.0, 3.0, 6.0], help="grid scales, e.g. --scales=-4,0,4")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    s.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    s.set_defaults(func=_cmd_edit)
 
     toy = sub.add_parser("toy", help="the procedural toy world").add_subparsers(dest="toy_command", metavar="TOY_COMMAND",
                                                                                parser_class=_Parser)

@@ -213,7 +213,7 @@ class DirectionBank:
         ids = tokenizer.convert_tokens_to_ids(self.tokens)
         emb = text_encoder.get_input_embeddings()
         if max(ids) >= emb.weight.shape[0]:
-            text_encoder.resize_token_embeddings(len(tokenizer))
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             emb = text_encoder.get_input_embeddings()
         with torch.no_grad():
             emb.weight[ids] = self.embeddings.to(emb.weight.device, emb.weight.dtype)

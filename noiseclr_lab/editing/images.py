@@ -1,0 +1,75 @@
+"""Turn any user image (path, PIL, array; any size or mode) into the model's square RGB input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from noiseclr_lab.errors import NoiseCLRLabError
+
+
+def _to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
+    # 16/32-bit integer and float modes: rescale to 0..255 from the file's own range
+    arr = np.asarray(img).astype(np.float64)
+    hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if img.mode == "F":
+        lo, hi = float(arr.min()), float(arr.max()) or 1.0
+        arr = (arr - lo) / max(hi - lo, 1e-12) * 255
+    else:
+        arr = arr / hi * 255
+    notes.append(f"converted {img.mode} ({'16' if hi > 255 else '32'}-bit) to 8-bit")
+    return Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
+
+
+def prepare_image(image, size: int) -> tuple[Image.Image, list[str]]:
+    """Load and convert ``image`` (a path, PIL image or HxW[xC] uint8 array) to a ``size`` x ``size`` RGB image.
+
+    Steps, each recorded in the returned notes: EXIF rotation applied; palette, grayscale, CMYK and 16-bit
+    modes converted to RGB; transparency composited onto white; centre crop to a square; resize (Lanczos).
+    """
+    notes: list[str] = []
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise NoiseCLRLabError(f"Image {path} does not exist.")
+        try:
+            img = Image.open(path)
+            img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise NoiseCLRLabError(f"Cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from e
+    elif isinstance(image, np.ndarray):
+        img = Image.fromarray(image)
+    elif isinstance(image, Image.Image):
+        img = image
+    else:
+        raise NoiseCLRLabError(f"Expected an image path, PIL image or array, got {type(image).__name__}.")
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"applied EXIF orientation {orientation}")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img, notes)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        notes.append("expanded palette image")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+        notes.append("composited transparency onto white")
+    if img.mode != "RGB":
+        notes.append(f"converted {img.mode} to RGB")
+        img = img.convert("RGB")
+    w, h = img.size
+    if w != h:
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        notes.append(f"centre-cropped {w}x{h} to {s}x{s}")
+    if img.size != (size, size):
+        notes.append(f"resized {img.size[0]}x{img.size[1]} to {size}x{size}")
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    return img, notes

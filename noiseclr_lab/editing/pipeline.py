@@ -1,0 +1,250 @@
+"""Apply and compose NoiseCLR directions while sampling (DESIGN.md s1, "Editing").
+
+Notation (per denoising step i at timestep t, latents z of B images):
+
+    eps_hat = eps(z, E(neg)) + w * (eps(z, E(prompt)) - eps(z, E(neg)))
+            + sum_k lambda_k * [i in window_k] * (eps(z, E("<dk>")) - eps(z, E("")))
+
+Every distinct conditioning of one step ("terms": neg, prompt, "", each active direction) goes through the
+UNet as ONE batch of T*B latents; E("") is computed once and serves as both the CFG unconditional and the
+edit baseline when no negative prompt is given; directions outside their window are left out of the batch. Real images (an ``Inversion``)
+run the same loop with w = 1, from the inverted noise.
+
+``EditPipeline`` wraps a loaded ``StableDiffusionPipeline`` instead of subclassing ``DiffusionPipeline``:
+it works on any SD 1.x/2.x pipeline object the user already has (hub, folder, single file, toy) without
+re-registering components, and never changes the wrapped pipeline's scheduler.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler
+
+from noiseclr_lab.directions.bank import DirectionBank
+from noiseclr_lab.errors import NoiseCLRLabError
+
+
+@dataclass
+class EditOutput:
+    """What ``EditPipeline.__call__`` returns."""
+
+    images: object  # list of PIL images, (B, H, W, 3) numpy array, (B, 3, H, W) tensor, or latents
+    latents: torch.Tensor  # (B, C, h, w) the starting noise used (pass back as ``latents=`` to reproduce)
+    edits: dict = field(default_factory=dict)  # {token: {"scale": float, "window": (start, end), "label": str}}
+    unet_calls: int = 0  # UNet forward passes made (one per step in batched mode)
+
+
+@dataclass
+class Inversion:
+    """A real image inverted into the model's noise: what ``EditPipeline`` accepts in place of a seed."""
+
+    latents: torch.Tensor  # (N + 1, B, C, h, w): z at each level; [0] the clean image latent, [-1] the noise
+    timesteps: torch.Tensor  # (N,) the sampling timesteps, noisiest first
+    null_embeddings: torch.Tensor | None  # (N, B, L, D) per-step optimised base embeddings (null-text), or None
+    method: str  # "ddim" or "null-text"
+    image: object = None  # the preprocessed input image(s) (PIL)
+    notes: list = field(default_factory=list)  # what preprocessing did to the input
+    null_losses: torch.Tensor | None = None  # (N, 2) per-step path mismatch before / after null-text optimisation
+
+    @property
+    def num_inference_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+def ddim_scheduler(pipe) -> DDIMScheduler:
+    """A DDIM (eta = 0) scheduler with the pipeline's noise schedule; the pipeline's own is left untouched."""
+    return DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+class EditPipeline:
+    """Generate or edit images with any number of directions, each with its own scale and step window.
+
+    ``EditPipeline(pipe, bank)`` installs the bank's tokens into ``pipe`` (idempotent). ``mode="reference"``
+    runs one UNet call per term per step, like the official editing code; ``"batched"`` (default) runs one.
+    """
+
+    def __init__(self, pipe, bank: DirectionBank | None = None, mode: str = "batched"):
+        self.pipe = pipe
+        self.bank = bank
+        if mode not in ("batched", "reference"):
+            raise NoiseCLRLabError(f"Unknown mode {mode!r}; use 'batched' or 'reference'.")
+        self.mode = mode
+        self.scheduler = ddim_scheduler(pipe)
+        if bank is not None:
+            bank.install(pipe)
+            spec = getattr(pipe, "noiseclr_spec", "")
+            if bank.base_model and spec and bank.base_model.split(":")[0] != spec.split(":")[0]:
+                warnings.warn(f"Directions were learned on {bank.base_model!r}, the pipeline is {spec!r}.", stacklevel=2)
+        self._embed_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def resolution(self) -> int:
+        """Image side the model was trained at (UNet sample size x VAE factor)."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """E(text) for each text: (len(texts), L, D), through the pipeline's own ``encode_prompt``; cached."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embed_cache]
+        if missing:
+            emb, _ = self.pipe.encode_prompt(missing, self.device, 1, False)
+            self._embed_cache.update(zip(missing, emb))
+        return torch.stack([self._embed_cache[t] for t in texts])
+
+    def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int) -> dict:
+        """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows."""
+        edits = dict(edits or {})
+        windows = dict(windows or {})
+        if (edits or windows) and self.bank is None:
+            raise NoiseCLRLabError("Edits were requested but the EditPipeline has no direction bank.")
+        out = {}
+        for name, scale in edits.items():
+            k = self.bank.index(name)
+            tok = self.bank.tokens[k]
+            if tok in out:
+                raise NoiseCLRLabError(f"Direction {tok} is named twice in edits.")
+            try:
+                scale = float(scale)
+            except (TypeError, ValueError):
+                raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number, got {scale!r}.") from None
+            out[tok] = {"scale": scale, "window": (0, steps), "label": self.bank.labels[k]}
+        for name, win in windows.items():
+            tok = self.bank.tokens[self.bank.index(name)]
+            if tok not in out:
+                raise NoiseCLRLabError(f"Window given for {name!r}, which is not among the edits.")
+            try:
+                start, end = (int(win[0]), int(win[1]))
+            except (TypeError, ValueError, IndexError):
+                raise NoiseCLRLabError(f"Window for {name!r} must be (start, end), got {win!r}.") from None
+            if not 0 <= start <= end <= steps:
+                raise NoiseCLRLabError(f"Window {win} for {name!r} is outside [0, {steps}] steps.")
+            out[tok]["window"] = (start, end)
+        return out
+
+    def check_inputs(self, prompt, num_inference_steps, guidance_scale, output_type, latents, batch) -> None:
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
+            raise NoiseCLRLabError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise NoiseCLRLabError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise NoiseCLRLabError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        if latents is not None and latents.shape[0] != batch:
+            raise NoiseCLRLabError(f"latents hold {latents.shape[0]} images but the batch is {batch}.")
+
+    # ------------------------------------------------------------------ the step
+
+    def _eps(self, z: torch.Tensor, t, embs: torch.Tensor) -> torch.Tensor:
+        """eps for every term: z (B, C, h, w), embs (T, B, L, D) -> (T, B, C, h, w)."""
+        T, B = embs.shape[:2]
+        unet = self.pipe.unet
+        if self.mode == "batched":
+            out = unet(z.repeat(T, 1, 1, 1), t, encoder_hidden_states=embs.flatten(0, 1)).sample
+            return out.unflatten(0, (T, B))
+        return torch.stack([unet(z, t, encoder_hidden_states=embs[j]).sample for j in range(T)])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = "",
+        edits: dict | None = None,
+        windows: dict | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        inversion: Inversion | None = None,
+    ) -> EditOutput:
+        """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
+
+        Without edits the result is the plain (CFG) sample of the same seed. With ``inversion`` the loop starts
+        from the inverted noise, uses the inversion's steps and runs without CFG (w = 1), as in the paper.
+        """
+        pipe = self.pipe
+        if inversion is not None:
+            num_inference_steps = inversion.num_inference_steps
+            guidance_scale = 1.0
+            latents = inversion.latents[-1]
+            prompt = prompt or ""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        B = len(prompts)
+        self.check_inputs(prompt, num_inference_steps, guidance_scale, output_type, latents, B)
+        spec = self.resolve_edits(edits, windows, num_inference_steps)
+        negs = None
+        if negative_prompt is not None:
+            negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) != B:
+                raise NoiseCLRLabError(f"{len(negs)} negative prompts for {B} images.")
+
+        sched = self.scheduler
+        sched.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = sched.timesteps
+        if inversion is not None and not torch.equal(timesteps.cpu(), inversion.timesteps.cpu()):
+            raise NoiseCLRLabError("The inversion was made with another noise schedule than this pipeline's.")
+        dtype = pipe.unet.dtype
+        h = w = self.resolution
+        if inversion is not None:
+            z = latents.to(self.device, dtype)
+        else:
+            z = pipe.prepare_latents(B, pipe.unet.config.in_channels, h, w, dtype, self.device, generator,
+                                     None if latents is None else latents.to(self.device, dtype))
+        z0 = z.clone()
+
+        # the terms (rows): 0 the base (negative prompt or "" under CFG; the prompt without CFG), the prompt
+        # (CFG only), "" (only when the base is not already E("")), then each direction
+        cfg = guidance_scale > 1.0
+        nulls = inversion.null_embeddings if inversion is not None else None
+        texts: list[list[str]] = [(negs or [""] * B) if cfg else prompts]  # (T, B)
+        i_prompt = 1
+        if cfg:
+            texts.append(prompts)
+        tokens = list(spec)
+        i_empty = 0
+        if tokens and (any(texts[0]) or nulls is not None):
+            texts.append([""] * B)
+            i_empty = len(texts) - 1
+        i_dir0 = len(texts)
+        texts += [[tok] * B for tok in tokens]
+        embs_all = self.encode([t for row in texts for t in row]).unflatten(0, (len(texts), B))
+
+        calls = 0
+        for i, t in enumerate(timesteps):
+            active = [j for j, tok in enumerate(tokens) if spec[tok]["window"][0] <= i < spec[tok]["window"][1]
+                      and spec[tok]["scale"] != 0.0]
+            rows = list(range(i_dir0)) + [i_dir0 + j for j in active]
+            embs = embs_all[rows]
+            if nulls is not None:
+                embs = embs.clone()
+                embs[0] = nulls[i].to(embs.device, embs.dtype)
+            zin = sched.scale_model_input(z, t)
+            eps = self._eps(zin, t, embs)
+            calls += 1 if self.mode == "batched" else len(rows)
+            eps_hat = eps[0]
+            if cfg:
+                eps_hat = eps_hat + guidance_scale * (eps[i_prompt] - eps[0])
+            for n, j in enumerate(active):
+                eps_hat = eps_hat + spec[tokens[j]]["scale"] * (eps[i_dir0 + n] - eps[i_empty])
+            z = sched.step(eps_hat, t, z).prev_sample
+
+        return EditOutput(images=self.decode(z, output_type), latents=z0, edits=spec, unet_calls=calls)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, output_type: str = "pil"):
+        """Latents (B, C, h, w) -> images in ``output_type``."""
+        if output_type == "latent":
+            return z
+        vae = self.pipe.vae
+        x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))
