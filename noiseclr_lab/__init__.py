@@ -23,6 +23,8 @@ _LAZY = {
     "EditOutput": "noiseclr_lab.editing.pipeline",
     "Inversion": "noiseclr_lab.editing.pipeline",
     "invert": "noiseclr_lab.editing.inversion",
+    "TrainConfig": "noiseclr_lab.training.config",
+    "train": "noiseclr_lab.training.trainer",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

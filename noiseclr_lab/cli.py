@@ -7,6 +7,7 @@ exit 2 for bad command-line arguments, exit 1 for everything else.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def _cmd_edit(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.grid:
         names = list(edits) or bank.tokens
-        grid = edit_grid(ep, names, args.scales, prompt=args.prompt, seed=args.seed, inversion=inversion, **kwargs)
+        grid = edit_grid(ep, names, args.scales, prompt=args.prompt, seeds=[args.seed], inversion=inversion, **kwargs)
         _save_image(grid, args.out)
         print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
         return 0
@@ -118,6 +119,46 @@ def _save_image(img, path: Path) -> None:
     except (ValueError, OSError) as e:
         raise NoiseCLRLabError(f"Cannot write {path}: {e}") from e
     os.replace(tmp, path)
+
+
+def _train_config(args):
+    """defaults < --config preset < explicit flags."""
+    from noiseclr_lab.training.config import TrainConfig, load_preset
+
+    values = load_preset(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k.startswith("cfg_")})
+    values = {k.removeprefix("cfg_"): v for k, v in values.items()}
+    return TrainConfig.from_dict(values)
+
+
+def _cmd_train(args) -> int:
+    from noiseclr_lab.training import train
+
+    cfg = _train_config(args)
+    run = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run written to {run} (directions.safetensors, metrics.jsonl, validation/)")
+    return 0
+
+
+def _add_config_flags(parser) -> None:
+    """One flag per TrainConfig field (--num-directions ...), defaulting to 'not given'."""
+    import dataclasses
+
+    from noiseclr_lab.training.config import TrainConfig
+
+    aliases = {"num_directions": ["--directions"]}
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] + aliases.get(f.name, [])
+        kind = type(f.default)
+        if kind is bool:
+            parser.add_argument(*names, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+        else:
+            conv = _positive_int if kind is int and f.name in ("steps", "batch_size", "num_directions") else kind
+            parser.add_argument(*names, dest=f"cfg_{f.name}", type=conv, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=f"(default {f.default!r})")
 
 
 # --------------------------------------------------------------------------- parser
@@ -209,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     s.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     s.set_defaults(func=_cmd_edit)
+
+    s = sub.add_parser("train", help="learn K directions from unlabeled images (NoiseCLR)",
+                       description="Train NoiseCLR directions. Every TrainConfig field has a flag; a --config "
+                                   "preset (name or TOML file) sets several at once, explicit flags win.")
+    s.add_argument("--config", default=None, help="preset name (see noiseclr_lab/training/presets) or TOML file")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_config_flags(s)
+    s.set_defaults(func=_cmd_train)
 
     toy = sub.add_parser("toy", help="the procedural toy world").add_subparsers(dest="toy_command", metavar="TOY_COMMAND",
                                                                                parser_class=_Parser)

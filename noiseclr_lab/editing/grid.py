@@ -32,26 +32,31 @@ def compose_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labe
 
 
 def edit_grid(edit_pipe: EditPipeline, directions: list[str], scales: list[float], *, prompt: str = "",
-              seed: int = 0, inversion: Inversion | None = None, cell: int = 128, **call_kwargs) -> Image.Image:
-    """Apply each direction alone at each scale to one seed (or one inverted image); returns the labelled grid."""
+              seeds: list[int] = (0,), inversion: Inversion | None = None, cell: int = 128, **call_kwargs) -> Image.Image:
+    """Rows: each direction alone; columns: each scale x each seed (or the one inverted image).
+
+    The seeds of one (direction, scale) cell group go through the pipeline as one batch; the unedited
+    column is computed once and shared by every row.
+    """
     import torch
 
     bank = edit_pipe.bank
+    seeds = [0] if inversion is not None else list(seeds)
+
+    def run(edits):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, generator=gens,
+                        inversion=inversion, output_type="pil", **call_kwargs)
+        return out.images
+
+    base = run(None) if 0 in scales else None
     rows, labels = [], []
-    base = None
     for name in directions:
         k = bank.index(name)
         row = []
         for s in scales:
-            if s == 0 and base is not None:
-                row.append(base)
-                continue
-            gen = torch.Generator().manual_seed(seed)
-            out = edit_pipe(prompt, edits={bank.tokens[k]: s} if s else None, generator=gen, inversion=inversion,
-                            output_type="pil", **call_kwargs)
-            row.append(out.images[0])
-            if s == 0:
-                base = out.images[0]
+            row += base if s == 0 else run({bank.tokens[k]: s})
         rows.append(row)
         labels.append(bank.tokens[k] + (f" {bank.labels[k]}" if bank.labels[k] else ""))
-    return compose_grid(rows, labels, [f"{s:+g}" for s in scales], cell=cell)
+    cols = [f"{s:+g}" if len(seeds) == 1 else f"{s:+g} #{seed}" for s in scales for seed in seeds]
+    return compose_grid(rows, labels, cols, cell=cell)

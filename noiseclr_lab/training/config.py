@@ -1,0 +1,106 @@
+"""TrainConfig: every knob of a NoiseCLR run, one CLI flag each; presets are TOML files found by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from noiseclr_lab.errors import NoiseCLRLabError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass
+class TrainConfig:
+    """A NoiseCLR training run. Defaults suit the toy faces model on a CPU."""
+
+    model: str = "toy:faces"  # model spec for load_pipeline: toy:<domain>, hub id, folder or single file
+    data: str = "toy:faces"  # image folder, or toy:<domain> to render num_images toy images
+    out: str = "runs/noiseclr"  # run folder (DESIGN.md s3 layout)
+    num_directions: int = 12  # K, the number of directions (new tokens <d1>..<dK>)
+    steps: int = 300  # optimisation steps
+    batch_size: int = 6  # B, images per step per process (the official default)
+    schedule: str = "batched"  # "batched" (M anchors, one UNet call) or "official" (1 anchor + tokens_per_iter)
+    directions_per_step: int = 12  # M, directions drawn per step in the batched schedule (capped at K)
+    tokens_per_iter: int = 20  # negatives per step in the official schedule (capped at K - 1)
+    temperature: float = 0.5  # tau of the contrastive loss
+    lr: float = 1e-3  # AdamW learning rate (before scale_lr)
+    scale_lr: bool = False  # multiply lr by grad_accum x processes, as the official code does
+    weight_decay: float = 0.0  # AdamW weight decay on the direction embeddings
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    grad_accum: int = 1  # gradient accumulation steps per optimisation step
+    t_min: int = 0  # timesteps are drawn uniformly from [t_min, t_max)
+    t_max: int = 1000  # (the official code uses the whole range)
+    init: str = "random"  # "random" (N(0, init_std^2), official) or "mean-word" (mean word embedding + noise)
+    init_std: float = 0.02  # std of the random initialisation
+    num_images: int = 256  # images rendered for toy:<domain> data (ignored for folders)
+    max_images: int = 0  # use at most this many folder images (0: all)
+    seed: int = 0  # everything random (images, noise, timesteps, directions drawn) derives from it
+    mixed_precision: str = "no"  # accelerate mixed precision: no, fp16, bf16
+    gradient_checkpointing: bool = False  # UNet activation checkpointing (saves memory, costs time)
+    checkpoint_every: int = 100  # steps between resumable checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # how many checkpoints to keep
+    validate_every: int = 0  # steps between validation grids (0: only at the end)
+    validation_seeds: int = 2  # seeds per validation grid
+    validation_scale: float = 6.0  # edit scale shown in validation grids
+    validation_steps: int = 25  # denoising steps of validation images
+    validation_prompt: str = ""  # prompt of validation images (toy domains: the domain head, e.g. "a cartoon face")
+    validation_guidance: float = 3.0  # CFG scale of validation images
+    log_every: int = 10  # steps between metrics.jsonl lines
+    cache_dir: str = ""  # latent cache folder ("" -> ~/.cache/noiseclr_lab/latents)
+    device: str = ""  # "" lets accelerate choose (cuda if present); "cpu" forces the CPU
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """One clear error per bad field."""
+        checks = [
+            (self.num_directions >= 2, "num_directions must be at least 2"),
+            (self.steps >= 1, "steps must be positive"),
+            (self.batch_size >= 1, "batch_size must be positive"),
+            (self.schedule in ("batched", "official"), f"schedule must be 'batched' or 'official', not {self.schedule!r}"),
+            (self.directions_per_step >= 2, "directions_per_step must be at least 2"),
+            (self.tokens_per_iter >= 1, "tokens_per_iter must be positive"),
+            (self.temperature > 0, "temperature must be positive"),
+            (self.lr > 0, "lr must be positive"),
+            (self.grad_accum >= 1, "grad_accum must be positive"),
+            (0 <= self.t_min < self.t_max <= 1000, "need 0 <= t_min < t_max <= 1000"),
+            (self.init in ("random", "mean-word"), f"init must be 'random' or 'mean-word', not {self.init!r}"),
+            (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+            (self.num_images >= 2, "num_images must be at least 2"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise NoiseCLRLabError(f"Bad training config: {msg}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NoiseCLRLabError(f"Unknown training config fields {unknown}; known: {', '.join(sorted(known))}.")
+        return cls(**d)
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name_or_path: str) -> dict:
+    """A preset's fields: a shipped preset name ("toy-faces") or a path to a TOML file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESET_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise NoiseCLRLabError(f"Unknown preset {name_or_path!r}: not a file and not one of {', '.join(list_presets())}.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise NoiseCLRLabError(f"Preset {path} is not valid TOML: {e}") from e

@@ -1,0 +1,45 @@
+"""The NoiseCLR contrastive objective (DESIGN.md s1).
+
+Edits D[n, k] = eps(z_n^t, t, E("<dk>")) - eps(z_n^t, t, E("")) for B images n and M directions k.
+For an anchor direction k, with sim the cosine similarity of the flattened edits and tau the temperature:
+
+    positives: the same direction on different images    sim(D[n, k], D[n', k]),  n < n'
+    negatives: different directions on the same image    sim(D[n, k], D[n, l]),   l != k
+
+    L_k = -log( mean_pos exp(sim / tau) / mean_neg exp(sim / tau) )
+
+The official code uses one anchor per step (anchors=[0], column 0 the anchor, the rest its negatives);
+the batched schedule averages L_k over every drawn direction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def noiseclr_loss(edits: torch.Tensor, temperature: float = 0.5, anchors: list[int] | None = None) -> torch.Tensor:
+    """Mean of L_k over ``anchors`` (default: every direction).
+
+    edits: (B, M, ...) edit vectors of B >= 2 images for M >= 2 directions. Returns a scalar.
+    """
+    B, M = edits.shape[:2]
+    if B < 2 or M < 2:
+        raise ValueError(f"NoiseCLR needs at least 2 images and 2 directions per step, got B={B}, M={M}.")
+    f = F.normalize(edits.flatten(2).float(), dim=-1, eps=1e-12)  # (B, M, F)
+    anchors = list(range(M)) if anchors is None else list(anchors)
+    a = f[:, anchors]  # (B, A, F)
+    # positives: (A, B, B) similarities between images for the same anchor direction, upper triangle
+    pos = torch.einsum("nkf,mkf->knm", a, a) / temperature
+    iu = torch.triu_indices(B, B, offset=1, device=edits.device)
+    pos = pos[:, iu[0], iu[1]]  # (A, B(B-1)/2)
+    # negatives: (A, B, M) similarities between the anchor and every direction on the same image, l != k
+    neg = torch.einsum("nkf,nlf->knl", a, f) / temperature
+    keep = torch.ones(len(anchors), M, dtype=torch.bool, device=edits.device)
+    keep[torch.arange(len(anchors)), torch.tensor(anchors, device=edits.device)] = False
+    neg = neg.permute(0, 2, 1)[keep].reshape(len(anchors), M - 1, B).flatten(1)  # (A, (M-1) B)
+    log_mean_pos = torch.logsumexp(pos, dim=1) - math.log(pos.shape[1])
+    log_mean_neg = torch.logsumexp(neg, dim=1) - math.log(neg.shape[1])
+    return -(log_mean_pos - log_mean_neg).mean()

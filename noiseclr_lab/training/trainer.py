@@ -1,0 +1,374 @@
+"""The NoiseCLR trainer: K direction embeddings learned contrastively, through accelerate.
+
+One optimisation step (B images per process, one shared timestep t):
+
+    z_t   = add_noise(z, noise, t)                       (B, C, h, w), latents cached once
+    u     = eps(z_t, t, E(""))                           no grad
+    D[:, k] = eps(z_t, t, E("<dk>")) - u                 batched: all M drawn directions in ONE UNet call
+    loss  = noiseclr_loss(D, tau)                        official: 1 anchor + tokens_per_iter negatives,
+                                                         one UNet call per direction
+Every random draw of step s (images, noise, t, directions) comes from a generator seeded by (seed, s), so
+a resumed run repeats an uninterrupted one exactly, and P processes that each take their slice of the
+global batch compute the same loss as one process (edits are all-gathered; gradients are exact).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.training.config import TrainConfig
+from noiseclr_lab.training.loss import noiseclr_loss
+
+# config fields that may differ between a run and its resumption
+RESUMABLE_CHANGES = {"steps", "out", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
+                     "cache_dir", "device", "validation_seeds", "validation_scale", "validation_steps"}
+
+
+class _SubstitutedEmbedding(nn.Module):
+    """Token embedding whose direction-token rows come from a separate trainable (K, D) tensor."""
+
+    def __init__(self, base: nn.Embedding, directions: torch.Tensor, index_map: torch.Tensor):
+        super().__init__()
+        self.base, self.directions, self.index_map = base, directions, index_map
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        k = self.index_map[ids]  # (..., ) direction index, -1 for ordinary tokens
+        emb = F.embedding(ids.clamp(max=self.base.num_embeddings - 1), self.base.weight)
+        return torch.where((k >= 0)[..., None], self.directions[k.clamp(min=0)].to(emb.dtype), emb)
+
+
+class DirectionEncoder(nn.Module):
+    """The trainable part: K direction embeddings; ``forward(ids)`` runs the frozen text encoder with them."""
+
+    def __init__(self, text_encoder, init: torch.Tensor, token_ids: list[int], vocab_size: int):
+        super().__init__()
+        self.directions = nn.Parameter(init.clone().float())
+        # kept outside the module tree: DDP must see (and sync) only the directions
+        object.__setattr__(self, "_text_encoder", text_encoder)
+        index_map = torch.full((vocab_size,), -1, dtype=torch.long)
+        index_map[torch.tensor(token_ids)] = torch.arange(len(token_ids))
+        self.register_buffer("index_map", index_map, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (R, L) -> last hidden states (R, L, D)."""
+        te = self._text_encoder
+        base = te.get_input_embeddings()
+        te.set_input_embeddings(_SubstitutedEmbedding(base, self.directions, self.index_map))
+        try:
+            return te(ids)[0]
+        finally:
+            te.set_input_embeddings(base)
+
+
+def _git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + micro)
+
+
+def _latest_checkpoint(run: Path) -> Path | None:
+    cks = sorted((p for p in (run / "checkpoints").glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                 key=lambda p: int(p.name[5:]))
+    return cks[-1] if cks else None
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Set up once, then ``run()``; see the module docstring for the step."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        from accelerate import Accelerator
+
+        from noiseclr_lab.models import load_pipeline
+        from noiseclr_lab.training.data import encode_dataset, load_training_images
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
+                               log_with=log_with, project_dir=str(self.run_dir))
+        acc = self.acc
+        self.start_step = 0
+        ck = None
+        if resume:
+            ck = _latest_checkpoint(self.run_dir)
+            if ck is None:
+                raise NoiseCLRLabError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}.")
+            self._check_resumable()
+        elif acc.is_main_process and (self.run_dir / "checkpoints").exists() and any((self.run_dir / "checkpoints").iterdir()):
+            raise NoiseCLRLabError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+
+        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        self.pipe = pipe = load_pipeline(cfg.model, device=acc.device, dtype=dtype)
+        pipe.noiseclr_spec = cfg.model
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            m.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            pipe.unet.train()  # diffusers checkpoints only in train mode; SD's UNet has no dropout
+        self.fingerprint = tokenizer_fingerprint(pipe.tokenizer)
+        self.tokens = [f"<d{i + 1}>" for i in range(cfg.num_directions)]
+        clash = [t for t in self.tokens if t in pipe.tokenizer.get_vocab() and t not in pipe.tokenizer.get_added_vocab()]
+        if clash:
+            raise NoiseCLRLabError(f"Direction tokens {clash} already exist in the model's vocabulary.")
+        pipe.tokenizer.add_tokens(self.tokens)
+        token_ids = pipe.tokenizer.convert_tokens_to_ids(self.tokens)
+        self.D = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
+
+        res = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        with acc.main_process_first():
+            images, data_fp = load_training_images(cfg.data, res, cfg.num_images, cfg.seed, cfg.max_images)
+            self.latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
+        self.data_fingerprint = data_fp
+        global_b = cfg.batch_size * acc.num_processes
+        if len(self.latents) < global_b or len(self.latents) < 2:
+            raise NoiseCLRLabError(
+                f"{len(self.latents)} training image(s) but the global batch is {global_b}; add images or lower batch_size.")
+
+        init = self._initial_directions()
+        self.encoder = DirectionEncoder(pipe.text_encoder, init, token_ids, len(pipe.tokenizer)).to(acc.device)
+        self.opt = torch.optim.AdamW(self.encoder.parameters(), lr=self.lr_at(0), weight_decay=cfg.weight_decay)
+        if ck is not None:
+            self._load_checkpoint(ck)
+        self.encoder, self.opt = acc.prepare(self.encoder, self.opt)
+        from diffusers import DDPMScheduler
+
+        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        with torch.no_grad():
+            ids = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(acc.device)
+            self.empty = pipe.text_encoder(ids)[0]  # (1, L, D)
+            self.direction_ids = pipe.tokenizer(self.tokens, padding="max_length", truncation=True,
+                                                max_length=pipe.tokenizer.model_max_length,
+                                                return_tensors="pt").input_ids.to(acc.device)  # (K, L)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    @property
+    def base_lr(self) -> float:
+        c = self.cfg
+        return c.lr * (c.grad_accum * self.acc.num_processes if c.scale_lr else 1)
+
+    def lr_at(self, step: int) -> float:
+        w = self.cfg.warmup_steps
+        return self.base_lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
+    def _initial_directions(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 1)
+        noise = torch.randn(self.cfg.num_directions, self.D, generator=g) * self.cfg.init_std
+        if self.cfg.init == "mean-word":
+            w = self.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+            return w[: len(self.pipe.tokenizer) - len(self.tokens)].mean(0, keepdim=True) + noise
+        return noise
+
+    def _check_resumable(self) -> None:
+        path = self.run_dir / "config.json"
+        if not path.is_file():
+            raise NoiseCLRLabError(f"--resume: {path} is missing.")
+        old = json.loads(path.read_text())["config"]
+        new = self.cfg.to_dict()
+        diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        if diff:
+            raise NoiseCLRLabError(f"--resume: the config differs from the run's in {diff}; those must stay the same.")
+
+    def _load_checkpoint(self, ck: Path) -> None:
+        bank = DirectionBank.load(ck / "directions.safetensors")
+        if bank.tokens != self.tokens:
+            raise NoiseCLRLabError(f"Checkpoint {ck} holds tokens {bank.tokens[:3]}..., not this run's.")
+        with torch.no_grad():
+            self.encoder.directions.copy_(bank.embeddings)
+        self.opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.start_step = json.loads((ck / "state.json").read_text())["step"]
+
+    # ------------------------------------------------------------------ artefacts
+
+    def provenance(self) -> dict:
+        import diffusers
+
+        from noiseclr_lab import __version__
+
+        return {"noiseclr_lab": __version__, "git_sha": _git_sha(), "base_model": self.cfg.model,
+                "data": self.data_fingerprint, "seed": self.cfg.seed, "num_processes": self.acc.num_processes,
+                "torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(self.acc.device),
+                "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "eager",
+                "num_images": len(self.latents)}
+
+    def bank(self) -> DirectionBank:
+        emb = self.acc.unwrap_model(self.encoder).directions.detach().float().cpu()
+        return DirectionBank(emb, self.tokens, base_model=self.cfg.model, tokenizer_fingerprint=self.fingerprint,
+                             training_config=self.cfg.to_dict())
+
+    def save_checkpoint(self, step: int) -> Path:
+        """checkpoints/step-N/ (directions, optimizer, state) via a temporary folder + rename; main process only."""
+        ck_root = self.run_dir / "checkpoints"
+        ck_root.mkdir(parents=True, exist_ok=True)
+        final = ck_root / f"step-{step}"
+        tmp = ck_root / f".step-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.bank().save(tmp / "directions.safetensors")
+        torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time()}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self.bank().save(self.run_dir / "directions.safetensors")
+        old = sorted((p for p in ck_root.glob("step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+        for p in old[: -self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+        return final
+
+    def validation_grid(self, step: int) -> Path:
+        from noiseclr_lab.editing import EditPipeline
+        from noiseclr_lab.editing.grid import edit_grid
+
+        c = self.cfg
+        ep = EditPipeline(self.pipe, self.bank())
+        grid = edit_grid(ep, self.tokens, [-c.validation_scale, 0.0, c.validation_scale],
+                         seeds=list(range(c.validation_seeds)), prompt=c.validation_prompt,
+                         num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance)
+        folder = self.run_dir / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{step}.png"
+        grid.save(path)
+        return path
+
+    # ------------------------------------------------------------------ the step
+
+    def draw(self, step: int, micro: int) -> dict:
+        """Every random choice of one micro-step, for the global batch (identical on every process)."""
+        c, K = self.cfg, self.cfg.num_directions
+        g = _step_generator(c.seed, step, micro)
+        gb = c.batch_size * self.acc.num_processes
+        idx = torch.randperm(len(self.latents), generator=g)[:gb]
+        t = torch.randint(c.t_min, c.t_max, (1,), generator=g)
+        noise = torch.randn((gb, *self.latents.shape[1:]), generator=g)
+        perm = torch.randperm(K, generator=g)
+        if c.schedule == "batched":
+            dirs = perm[: min(c.directions_per_step, K)]
+        else:  # anchor first, then tokens_per_iter others
+            dirs = perm[: 1 + min(c.tokens_per_iter, K - 1)]
+        return {"idx": idx, "t": t, "noise": noise, "dirs": dirs}
+
+    def loss_for(self, draw: dict) -> torch.Tensor:
+        """The loss of one micro-step on this process's slice (scaled so that DDP's gradient mean is exact)."""
+        acc, c = self.acc, self.cfg
+        r, B = acc.process_index, c.batch_size
+        sl = slice(r * B, (r + 1) * B)
+        dev = acc.device
+        dtype = self.pipe.unet.dtype
+        z0 = self.latents[draw["idx"][sl]].to(dev, dtype)
+        noise = draw["noise"][sl].to(dev, dtype)
+        t = draw["t"].to(dev)
+        zt = self.noise_sched.add_noise(z0, noise, t)
+        unet = self.pipe.unet
+        with torch.no_grad(), acc.autocast():
+            u = unet(zt, t, encoder_hidden_states=self.empty.expand(B, -1, -1)).sample  # (B, C, h, w)
+        dirs = draw["dirs"].to(dev)
+        M = len(dirs)
+        with acc.autocast():
+            emb = self.encoder(self.direction_ids[dirs])  # (M, L, D)
+            if c.schedule == "batched":
+                eps = unet(zt.repeat(M, 1, 1, 1), t, encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
+                eps = eps.unflatten(0, (M, B))  # (M, B, C, h, w)
+            else:
+                eps = torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
+                                   for j in range(M)])
+        edits = (eps.float() - u.float()[None]).transpose(0, 1)  # (B, M, C, h, w)
+        W = acc.num_processes
+        if W > 1:  # all-gather the edits; only this process's slice carries gradient
+            gathered = acc.gather(edits.detach().contiguous())
+            edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
+        loss = noiseclr_loss(edits, c.temperature, anchors=None if c.schedule == "batched" else [0])
+        return loss
+
+    def run(self) -> Path:
+        acc, c = self.acc, self.cfg
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.run_dir / "config.json", {"config": c.to_dict(), "provenance": self.provenance(),
+                                                              "tokens": self.tokens})
+            if self.start_step == 0:
+                (self.run_dir / "metrics.jsonl").write_text("")
+                self.bank().save(self.run_dir / "initial_directions.safetensors")
+            else:
+                self._truncate_metrics(self.start_step)
+        if acc.trackers == [] and acc.log_with:
+            acc.init_trackers("noiseclr", config={k: v for k, v in c.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        bar = tqdm(total=c.steps, initial=self.start_step, desc="NoiseCLR", unit="step", disable=not acc.is_main_process)
+        images = 0
+        t_last = time.perf_counter()
+        last_good = _latest_checkpoint(self.run_dir)
+        for step in range(self.start_step, c.steps):
+            for pg in self.opt.param_groups:
+                pg["lr"] = self.lr_at(step)
+            total = 0.0
+            for micro in range(c.grad_accum):
+                loss = self.loss_for(self.draw(step, micro))
+                if not torch.isfinite(loss):
+                    where = last_good or "none was written yet"
+                    raise NoiseCLRLabError(
+                        f"The loss became {loss.item()} at step {step}; training stopped. Last good checkpoint: {where}. "
+                        "Lower lr or use mixed_precision 'no'.")
+                acc.backward(loss * acc.num_processes / c.grad_accum)
+                total += loss.item() / c.grad_accum
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            done = step + 1
+            images += c.batch_size * acc.num_processes * c.grad_accum
+            bar.update(1)
+            now = time.perf_counter()
+            ips = images / max(now - t_last, 1e-9)
+            bar.set_postfix(loss=f"{total:.4f}", img_s=f"{ips:.1f}")
+            if acc.is_main_process and (done % c.log_every == 0 or done == c.steps):
+                with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": done, "loss": total, "lr": self.lr_at(step), "time": time.time(),
+                                         "images_per_s": ips}) + "\n")
+                images, t_last = 0, now
+                acc.log({"loss": total, "lr": self.lr_at(step)}, step=done)
+            if (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    last_good = self.save_checkpoint(done)
+            if acc.is_main_process and ((c.validate_every and done % c.validate_every == 0) or done == c.steps):
+                self.validation_grid(done)
+        bar.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run_dir
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train directions as ``cfg`` says; returns the run folder (DESIGN.md s3)."""
+    return Trainer(cfg, resume=resume).run()
