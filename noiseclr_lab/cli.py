@@ -141,6 +141,48 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_evaluate_gt(args) -> int:
+    from noiseclr_lab.analysis.groundtruth import evaluate_gt
+
+    out = evaluate_gt(args.run, args.domain, seeds=args.seeds, scales=args.scales, steps=args.steps,
+                      guidance=args.guidance, baselines=[b for b in args.baselines.split(",") if b], device=args.device)
+    _print_gt_summary(out)
+    print(f"wrote {Path(args.run) / 'analysis' / 'gt_metrics.json'} and gt_effects.png")
+    return 0
+
+
+def _print_gt_summary(out: dict) -> None:
+    n_f = len(out["factors"])
+    print(f"{'bank':<11} {'coverage':>8} {'modularity':>10} {'mig':>6} {'dci_D':>6} {'active':>6}")
+    for name, res in out["banks"].items():
+        m = res["metrics"]
+        print(f"{name:<11} {m['coverage']:>5.0f}/{n_f} {m['modularity_mean']:>10.2f} {m['mig_style']:>6.2f} "
+              f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}")
+
+
+def _cmd_demo(args) -> int:
+    import time
+
+    from noiseclr_lab.analysis.groundtruth import evaluate_gt
+    from noiseclr_lab.training import TrainConfig, load_preset, train
+
+    t0 = time.time()
+    out = Path(args.out)
+    values = load_preset("toy-faces") | {"out": str(out / "run"), "device": args.device or ""}
+    if args.steps:
+        values["steps"] = args.steps
+    cfg = TrainConfig.from_dict(values)
+    print(f"[1/3] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces ({cfg.steps} steps)")
+    run = train(cfg, resume=False) if not (out / "run" / "checkpoints").exists() else train(cfg, resume=True)
+    print("[2/3] scoring the directions against the toy probe (and baselines)")
+    res = evaluate_gt(run, "faces", seeds=args.seeds, steps=args.eval_steps, baselines=["random", "supervised"],
+                      device=args.device)
+    _print_gt_summary(res)
+    print(f"[3/3] done in {(time.time() - t0) / 60:.1f} min: {run}/directions.safetensors, {run}/validation/, "
+          f"{run}/analysis/gt_metrics.json, {run}/analysis/gt_effects.png")
+    return 0
+
+
 def _add_config_flags(parser) -> None:
     """One flag per TrainConfig field (--num-directions ...), defaulting to 'not given'."""
     import dataclasses
@@ -258,6 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_config_flags(s)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate-gt", help="score a run's directions against the toy world's ground truth")
+    s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
+    s.add_argument("--domain", required=True, help="toy domain whose probe reads the factors (faces, shapes, scenes)")
+    s.add_argument("--seeds", type=_positive_int, default=8, help="seeds per direction and scale")
+    s.add_argument("--scales", type=_float_list, default=[-8.0, -4.0, 4.0, 8.0], help="scale sweep, e.g. --scales=-8,-4,4,8")
+    s.add_argument("--steps", type=_positive_int, default=20, help="denoising steps")
+    s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images")
+    s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu")
+    s.set_defaults(func=_cmd_evaluate_gt)
+
+    s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, write grids (~10 min CPU)")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
+    s.add_argument("--steps", type=_positive_int, default=None, help="override the preset's training steps")
+    s.add_argument("--seeds", type=_positive_int, default=8, help="evaluation seeds per direction and scale")
+    s.add_argument("--eval-steps", type=_positive_int, default=20, help="denoising steps of evaluation images")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu")
+    s.set_defaults(func=_cmd_demo)
 
     toy = sub.add_parser("toy", help="the procedural toy world").add_subparsers(dest="toy_command", metavar="TOY_COMMAND",
                                                                                parser_class=_Parser)

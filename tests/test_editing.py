@@ -160,3 +160,13 @@ def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
     assert main(["edit", *common, "--apply", "nope=1", "--out", str(tmp_path / "x.png")]) == 1
     assert "Unknown direction 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_per_image_scales_equal_separate_calls(tiny_pipe):
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    sweep = _run(ep, prompt=["a face"] * 3, edits={"<d3>": [-2.0, 0.0, 3.0]}, generator=[_gen(5) for _ in range(3)])
+    for i, s in enumerate([-2.0, 0.0, 3.0]):
+        single = _run(ep, prompt="a face", edits={"<d3>": s}, generator=_gen(5))
+        assert torch.allclose(sweep[i], single[0], atol=1e-5)
+    with pytest.raises(NoiseCLRLabError, match="2 per-image scales for <d3> but the batch is 1"):
+        _run(ep, edits={"<d3>": [1.0, 2.0]})

@@ -33,7 +33,7 @@ class EditOutput:
 
     images: object  # list of PIL images, (B, H, W, 3) numpy array, (B, 3, H, W) tensor, or latents
     latents: torch.Tensor  # (B, C, h, w) the starting noise used (pass back as ``latents=`` to reproduce)
-    edits: dict = field(default_factory=dict)  # {token: {"scale": float, "window": (start, end), "label": str}}
+    edits: dict = field(default_factory=dict)  # {token: {"scale": float or per-image list, "window": (start, end), "label": str}}
     unet_calls: int = 0  # UNet forward passes made (one per step in batched mode)
 
 
@@ -112,10 +112,10 @@ class EditPipeline:
             tok = self.bank.tokens[k]
             if tok in out:
                 raise NoiseCLRLabError(f"Direction {tok} is named twice in edits.")
-            try:
-                scale = float(scale)
+            try:  # one number, or one number per image (a sweep in one batch)
+                scale = float(scale) if not isinstance(scale, (list, tuple, torch.Tensor)) else [float(v) for v in scale]
             except (TypeError, ValueError):
-                raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number, got {scale!r}.") from None
+                raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number or a list of numbers, got {scale!r}.") from None
             out[tok] = {"scale": scale, "window": (0, steps), "label": self.bank.labels[k]}
         for name, win in windows.items():
             tok = self.bank.tokens[self.bank.index(name)]
@@ -182,6 +182,14 @@ class EditPipeline:
         B = len(prompts)
         self.check_inputs(prompt, num_inference_steps, guidance_scale, output_type, latents, B)
         spec = self.resolve_edits(edits, windows, num_inference_steps)
+        lam = {}  # token -> float, or (B, 1, 1, 1) per-image scales
+        for tok, e in spec.items():
+            if isinstance(e["scale"], list):
+                if len(e["scale"]) != B:
+                    raise NoiseCLRLabError(f"{len(e['scale'])} per-image scales for {tok} but the batch is {B}.")
+                lam[tok] = torch.tensor(e["scale"], device=self.device, dtype=pipe.unet.dtype).view(B, 1, 1, 1)
+            else:
+                lam[tok] = e["scale"]
         negs = None
         if negative_prompt is not None:
             negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -222,7 +230,7 @@ class EditPipeline:
         calls = 0
         for i, t in enumerate(timesteps):
             active = [j for j, tok in enumerate(tokens) if spec[tok]["window"][0] <= i < spec[tok]["window"][1]
-                      and spec[tok]["scale"] != 0.0]
+                      and (bool((lam[tok] != 0).any()) if torch.is_tensor(lam[tok]) else lam[tok] != 0.0)]
             rows = list(range(i_dir0)) + [i_dir0 + j for j in active]
             embs = embs_all[rows]
             if nulls is not None:
@@ -235,7 +243,7 @@ class EditPipeline:
             if cfg:
                 eps_hat = eps_hat + guidance_scale * (eps[i_prompt] - eps[0])
             for n, j in enumerate(active):
-                eps_hat = eps_hat + spec[tokens[j]]["scale"] * (eps[i_dir0 + n] - eps[i_empty])
+                eps_hat = eps_hat + lam[tokens[j]] * (eps[i_dir0 + n] - eps[i_empty])
             z = sched.step(eps_hat, t, z).prev_sample
 
         return EditOutput(images=self.decode(z, output_type), latents=z0, edits=spec, unet_calls=calls)

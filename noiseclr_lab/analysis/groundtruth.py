@@ -1,0 +1,223 @@
+"""Ground-truth evaluation on the toy world: which factors does each direction move, and how cleanly?
+
+For each direction k and scale s of a sweep, S seeds are generated with and without the edit (one batch
+per direction: every scale x seed of it at once); the toy probe reads every factor of both; the effect
+
+    E_s[k, f] = mean_seeds TV(p_f(edited), p_f(unedited)),   TV the total-variation distance of the
+                                                             probe's probability vectors, in [0, 1]
+
+is taken at a per-direction calibrated scale: the gentlest |s| at which the direction visibly moves some
+factor (max_f E_s[k, f] >= threshold), else the scale where it moves most. Metrics then come from
+``noiseclr_lab.analysis.metrics``; baselines (random directions with the trained norms, the untrained
+initial bank, and a supervised bank of the toy text encoder's own attribute words) are scored the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from noiseclr_lab.analysis.metrics import compute_all
+from noiseclr_lab.analysis.metrics.modularity import per_direction
+from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.registry import Registry
+
+DEFAULT_SCALES = (-8.0, -4.0, 4.0, 8.0)
+CALIBRATION_THRESHOLD = 0.3
+
+
+@torch.no_grad()
+def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: float, steps: int,
+                 progress: bool = True) -> np.ndarray:
+    """(n_scales, K, F) mean probe change of every direction of ``edit_pipe.bank`` at every scale."""
+    bank = edit_pipe.bank
+    factors = list(probe.values)
+    n = len(scales)
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in range(seeds)]
+
+    base = edit_pipe([prompt] * seeds, generator=gens(), num_inference_steps=steps, guidance_scale=guidance,
+                     output_type="pt").images
+    p0 = probe.predict(base).probs
+    out = np.zeros((n, len(bank), len(factors)))
+    for k, tok in enumerate(tqdm(bank.tokens, desc="effect sweep", disable=not progress, leave=False)):
+        lam = [float(s) for s in scales for _ in range(seeds)]
+        imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, generator=[g for _ in scales for g in gens()],
+                         num_inference_steps=steps, guidance_scale=guidance, output_type="pt").images
+        p1 = probe.predict(imgs).probs
+        for j, f in enumerate(factors):
+            tv = 0.5 * np.abs(p1[f].reshape(n, seeds, -1) - p0[f][None]).sum(-1)  # (n_scales, seeds)
+            out[:, k, j] = tv.mean(1)
+    return out
+
+
+def calibrate(sweep: np.ndarray, scales, threshold: float = CALIBRATION_THRESHOLD) -> tuple[np.ndarray, list[float]]:
+    """Per direction, the effect row at its calibrated scale; returns ((K, F) effect, chosen scales)."""
+    order = np.argsort(np.abs(np.asarray(scales, dtype=float)), kind="stable")
+    K = sweep.shape[1]
+    eff = np.zeros(sweep.shape[1:])
+    chosen = []
+    for k in range(K):
+        peak = sweep[:, k].max(1)  # (n_scales,)
+        hits = [i for i in order if peak[i] >= threshold]
+        i = hits[0] if hits else int(peak.argmax())
+        eff[k] = sweep[i, k]
+        chosen.append(float(scales[i]))
+    return eff, chosen
+
+
+# --------------------------------------------------------------------------- baselines
+
+_BASELINES: Registry[Callable] = Registry("baseline")
+
+
+def register_baseline(name: str, fn: Callable) -> Callable:
+    """``fn(trained_bank, run_dir, pipe, domain) -> DirectionBank``."""
+    return _BASELINES.register(name, fn)
+
+
+def list_baselines() -> list[str]:
+    return _BASELINES.names()
+
+
+def _random_bank(bank: DirectionBank, run_dir, pipe, domain) -> DirectionBank:
+    g = torch.Generator().manual_seed(1234)
+    r = torch.randn(bank.embeddings.shape, generator=g)
+    r = r / r.norm(dim=1, keepdim=True) * bank.embeddings.norm(dim=1, keepdim=True)
+    return DirectionBank(r, [f"<r{i + 1}>" for i in range(len(bank))], base_model=bank.base_model,
+                         tokenizer_fingerprint=bank.tokenizer_fingerprint)
+
+
+def _init_bank(bank: DirectionBank, run_dir, pipe, domain) -> DirectionBank:
+    path = Path(run_dir) / "initial_directions.safetensors"
+    if not path.is_file():
+        raise NoiseCLRLabError(f"{path} is missing; the 'init' baseline needs a run trained by noiseclr_lab.")
+    init = DirectionBank.load(path)
+    return DirectionBank(init.embeddings, [f"<i{i + 1}>" for i in range(len(init))], base_model=init.base_model,
+                         tokenizer_fingerprint=init.tokenizer_fingerprint)
+
+
+def _supervised_bank(bank: DirectionBank, run_dir, pipe, domain) -> DirectionBank:
+    """One direction per factor: the input embedding of a word naming one of its values ('smiling', 'glasses')."""
+    from noiseclr_lab.toyworld import get_domain
+
+    tok = pipe.tokenizer
+    weight = pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    rows, tokens, labels = [], [], []
+    for f in get_domain(domain).factors:
+        word = f.values[0]
+        ids = tok(word, add_special_tokens=False).input_ids
+        rows.append(weight[ids[0]])
+        tokens.append(f"<w_{f.name}>")
+        labels.append(f"{f.name}={word}")
+    return DirectionBank(torch.stack(rows), tokens, labels=labels, base_model=bank.base_model,
+                         tokenizer_fingerprint=tokenizer_fingerprint(tok))
+
+
+register_baseline("random", _random_bank)
+register_baseline("init", _init_bank)
+register_baseline("supervised", _supervised_bank)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 8, prompt: str = "",
+               guidance: float = 3.0, steps: int = 20, threshold: float = CALIBRATION_THRESHOLD,
+               progress: bool = True) -> dict:
+    """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix."""
+    from noiseclr_lab.editing import EditPipeline
+
+    ep = EditPipeline(pipe, bank)
+    sweep = effect_sweep(ep, probe, scales, seeds, prompt, guidance, steps, progress)
+    eff, chosen = calibrate(sweep, scales, threshold)
+    mod, main, active = per_direction(eff)
+    factors = list(probe.values)
+    return {
+        "metrics": compute_all(eff),
+        "effect": eff.round(4).tolist(),
+        "sweep": sweep.round(4).tolist(),
+        "directions": [
+            {"token": t, "label": bank.labels[k], "main_factor": factors[int(main[k])], "modularity": float(mod[k]),
+             "effect": float(eff[k].max()), "active": bool(active[k]), "scale": chosen[k]}
+            for k, t in enumerate(bank.tokens)
+        ],
+    }
+
+
+def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 8, scales=DEFAULT_SCALES, steps: int = 20,
+                prompt: str | None = None, guidance: float = 3.0, baselines=("random", "init", "supervised"),
+                device=None, progress: bool = True) -> dict:
+    """Score a run's directions and the baselines against the toy probe; writes analysis/gt_metrics.json and
+    analysis/gt_effects.png. Returns the JSON content."""
+    from noiseclr_lab.models import load_pipeline
+    from noiseclr_lab.toyworld import get_domain, load_probe
+
+    run = Path(run_dir)
+    bank_path = run / "directions.safetensors"
+    if not bank_path.is_file():
+        raise NoiseCLRLabError(f"{run} is not a run folder (no directions.safetensors).")
+    for b in baselines:
+        _BASELINES.get(b)
+    dom = get_domain(domain)
+    bank = DirectionBank.load(bank_path)
+    model = bank.base_model or "toy:" + domain
+    pipe = load_pipeline(model, device=device)
+    pipe.noiseclr_spec = model
+    probe = load_probe(domain, device=pipe.device)
+    prompt = dom.prefix if prompt is None else prompt
+    kw = dict(scales=list(scales), seeds=seeds, prompt=prompt, guidance=guidance, steps=steps, progress=progress)
+    results = {"trained": score_bank(pipe, bank, probe, **kw)}
+    for b in baselines:
+        results[b] = score_bank(pipe, _BASELINES.get(b)(bank, run, pipe, domain), probe, **kw)
+    out = {"domain": domain, "factors": list(probe.values), "model": model, "settings": kw | {"threshold": CALIBRATION_THRESHOLD},
+           "banks": results}
+    folder = run / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".gt_metrics.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, folder / "gt_metrics.json")
+    effect_heatmap({k: v for k, v in results.items()}, list(probe.values)).save(folder / "gt_effects.png")
+    return out
+
+
+def effect_heatmap(results: dict, factors: list[str], cell: int = 26) -> Image.Image:
+    """Side-by-side K x F heat maps (white = no effect, dark blue = the factor flips), one per bank."""
+    from noiseclr_lab.editing.grid import _font
+
+    font = _font(11)
+    label_w, head_h, gap = 110, 90, 20
+    panels = []
+    for name, res in results.items():
+        eff = np.asarray(res["effect"])
+        K, F = eff.shape
+        img = Image.new("RGB", (label_w + F * cell, head_h + K * cell), "white")
+        d = ImageDraw.Draw(img)
+        m = res["metrics"]
+        d.text((4, 4), f"{name}: coverage {m['coverage']:.0f}/{F}, modularity {m['modularity_mean']:.2f}", fill="black", font=font)
+        for j, f in enumerate(factors):
+            d.text((label_w + j * cell + cell // 2, head_h - 6), f[:10], fill="black", anchor="ls", font=font)
+        for k, row in enumerate(res["directions"]):
+            d.text((4, head_h + k * cell + cell // 2), (row["token"] + " " + row["label"])[:16], fill="black", anchor="lm", font=font)
+            for j in range(F):
+                v = float(np.clip(eff[k, j], 0, 1))
+                col = (int(255 - 225 * v), int(255 - 185 * v), int(255 - 80 * v))
+                d.rectangle([label_w + j * cell, head_h + k * cell, label_w + (j + 1) * cell - 2, head_h + (k + 1) * cell - 2], fill=col)
+        panels.append(img)
+    w = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    h = max(p.height for p in panels)
+    out = Image.new("RGB", (w, h), "white")
+    x = 0
+    for p in panels:
+        out.paste(p, (x, 0))
+        x += p.width + gap
+    return out
