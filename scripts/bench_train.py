@@ -1,0 +1,179 @@
+"""Benchmark: NoiseCLR training, batched schedule vs the official one, same machine, same run.
+
+Two measurements:
+
+  throughput   step time at equal work: both schedules compute M directions' edits per step
+               (batched: M anchors in one UNet call; official: 1 anchor + M-1 negatives, one call each).
+               Prints steps/s, edits/s, the ratio; on CUDA also peak memory and MFU.
+  to-score     wall time to reach the same ground-truth score on the toy faces model: both schedules train
+               for --minutes each, checkpointing every --every steps; every checkpoint is scored with the
+               toy probe; the report gives the time each needs to reach the score the official run ends at.
+
+    python scripts/bench_train.py throughput                      # toy model, CPU
+    python scripts/bench_train.py throughput --model sd15-random --device cuda --mixed-precision bf16
+    python scripts/bench_train.py to-score --minutes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from noiseclr_lab.training import TrainConfig, Trainer
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks
+
+
+def _trainer(args, schedule: str, m: int, out: str) -> Trainer:
+    cfg = TrainConfig(model=args.model, data=args.data, out=out, num_directions=max(m, args.directions),
+                      directions_per_step=m, tokens_per_iter=m - 1, schedule=schedule, batch_size=args.batch_size,
+                      steps=10**6, num_images=max(64, args.batch_size), mixed_precision=args.mixed_precision,
+                      gradient_checkpointing=args.gradient_checkpointing, device=args.device or "",
+                      checkpoint_every=0, cache_dir=args.cache_dir)
+    return Trainer(cfg)
+
+
+def _step(trainer: Trainer, step: int) -> float:
+    loss = trainer.loss_for(trainer.draw(step, 0))
+    trainer.acc.backward(loss)
+    trainer.opt.step()
+    trainer.opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _flops_per_step(trainer: Trainer) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        _step(trainer, 10**5)
+    return float(fc.get_total_flops())
+
+
+def throughput(args) -> list[dict]:
+    if args.model == "sd15-random":
+        args.model = _save_sd15_random(args)
+    rows = []
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}")
+    print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'MFU':>6}")
+    for m in [int(x) for x in args.m.split(",")]:
+        res = {}
+        for schedule in ("batched", "official"):
+            with tempfile.TemporaryDirectory() as tmp:
+                tr = _trainer(args, schedule, m, tmp)
+                for s in range(args.warmup):
+                    _step(tr, s)
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                for s in range(args.steps):
+                    _step(tr, args.warmup + s)
+                if cuda:
+                    torch.cuda.synchronize()
+                dt = (time.perf_counter() - t0) / args.steps
+                mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+                mfu = float("nan")
+                if cuda and peak:
+                    mfu = _flops_per_step(tr) / dt / (peak * 1e12)
+                edits = m * args.batch_size / dt
+                res[schedule] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
+                print(f"{m:>3} {schedule:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}")
+                del tr
+        ratio = res["official"]["s_per_step"] / res["batched"]["s_per_step"]
+        print(f"    batched is {ratio:.2f}x faster per step at M={m}")
+        rows.append({"M": m, **{f"{k}_{s}": v for s, d in res.items() for k, v in d.items()}, "speedup": ratio})
+    return rows
+
+
+def _save_sd15_random(args) -> str:
+    """Stable Diffusion 1.5's architecture with random weights, saved once (speed measurements only)."""
+    from bench_edit import sd15_random
+
+    folder = Path(tempfile.gettempdir()) / "noiseclr_sd15_random"
+    if not (folder / "model_index.json").is_file():
+        sd15_random("cpu", torch.float32).save_pretrained(folder)
+    return str(folder)
+
+
+def to_score(args) -> dict:
+    from noiseclr_lab.analysis.groundtruth import evaluate_gt
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    curves = {}
+    for schedule in ("batched", "official"):
+        cfg = TrainConfig(model="toy:faces", data="toy:faces", out=str(work / schedule), num_directions=args.directions,
+                          directions_per_step=args.directions, tokens_per_iter=min(20, args.directions - 1),
+                          schedule=schedule, batch_size=args.batch_size, steps=10**6, lr=args.lr,
+                          checkpoint_every=args.every, keep_checkpoints=10**6, num_images=256, device="cpu",
+                          cache_dir=args.cache_dir)
+        tr = Trainer(cfg)
+        t0, step, points = time.perf_counter(), 0, []
+        while time.perf_counter() - t0 < args.minutes * 60:
+            _step(tr, step)
+            step += 1
+            if step % args.every == 0:
+                points.append((step, time.perf_counter() - t0))
+                tr.save_checkpoint(step)
+        curve = []
+        for s, t in points:
+            ck = work / schedule / "checkpoints" / f"step-{s}"
+            shutil.copy(ck / "directions.safetensors", work / schedule / "directions.safetensors")
+            res = evaluate_gt(work / schedule, "faces", seeds=args.eval_seeds, steps=args.eval_steps, baselines=[],
+                              progress=False)
+            m = res["banks"]["trained"]["metrics"]
+            curve.append({"step": s, "seconds": t, "coverage": m["coverage"], "modularity": m["modularity_mean"],
+                          "score": m["coverage"] + m["modularity_mean"]})
+            print(f"{schedule:>9} step {s:>5} {t:>7.1f}s coverage {m['coverage']:.0f} modularity {m['modularity_mean']:.2f}")
+        curves[schedule] = curve
+    target = max(p["score"] for p in curves["official"])
+
+    def time_to(curve):
+        hit = [p["seconds"] for p in curve if p["score"] >= target]
+        return hit[0] if hit else float("inf")
+
+    tb, to = time_to(curves["batched"]), time_to(curves["official"])
+    print(f"target score (best official: coverage + modularity) {target:.2f}: batched {tb:.0f}s, official {to:.0f}s, "
+          f"ratio {to / tb:.2f}x")
+    return {"curves": curves, "target": target, "batched_s": tb, "official_s": to, "ratio": to / tb}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("throughput", "to-score"))
+    p.add_argument("--model", default="toy:faces", help="model spec, or sd15-random (SD 1.5 architecture, random weights)")
+    p.add_argument("--data", default="toy:faces")
+    p.add_argument("--device", default=None)
+    p.add_argument("--mixed-precision", default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--directions", type=int, default=12, help="K")
+    p.add_argument("--m", default="4,8,12", help="throughput: directions per step to compare")
+    p.add_argument("--steps", type=int, default=5, help="throughput: timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=8.0, help="to-score: training minutes per schedule")
+    p.add_argument("--every", type=int, default=50, help="to-score: steps between scored checkpoints")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--eval-seeds", type=int, default=6)
+    p.add_argument("--eval-steps", type=int, default=15)
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "noiseclr_bench_train"))
+    p.add_argument("--cache-dir", default="")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    result = throughput(args) if args.mode == "throughput" else to_score(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The shipped toy models load offline through the public APIs and do their jobs (loose bounds, few images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.toyworld import ASSET_DIR, get_domain, list_domains, load_clip, load_probe, toy_assets_info
+
+pytestmark = pytest.mark.skipif(not (ASSET_DIR / "pipeline" / "model_index.json").is_file(),
+                                reason="toy assets not built (python scripts/build_toy_assets.py)")
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    return load_pipeline("toy:faces", device="cpu")
+
+
+def _renders(domain, n, seed=4242):
+    dom = get_domain(domain)
+    recs = dom.sample(np.random.default_rng(seed), n)
+    return dom, recs, dom.render(recs)
+
+
+def test_toy_pipeline_loads_offline_and_generates(toy_pipe):
+    assert type(toy_pipe).__name__ == "StableDiffusionPipeline"
+    out = toy_pipe("a cartoon face", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+    assert load_pipeline("toy:shapes", device="cpu").unet.config.sample_size == 16
+
+
+@pytest.mark.parametrize("domain", list_domains())
+def test_probe_reads_fresh_renders(domain):
+    dom, recs, imgs = _renders(domain, 48)
+    reading = load_probe(domain).predict(imgs)
+    labels = dom.labels(recs)
+    for f in dom.factors:
+        assert (reading.labels[f.name] == labels[f.name]).mean() >= 0.9, f.name
+    assert reading.named()[0].keys() == labels.keys()
+
+
+def test_clip_loads_through_open_clip_and_reads_factors():
+    import open_clip
+
+    from noiseclr_lab.toyworld import register_toy_clip, toy_clip_weights
+    from noiseclr_lab.toyworld.build import zero_shot_prompts
+
+    name = register_toy_clip()
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(toy_clip_weights()))
+    tokenizer = open_clip.get_tokenizer(name)
+    model2, preprocess2, _ = load_clip()
+    dom, recs, imgs = _renders("faces", 40)
+    x = torch.stack([preprocess(im) for im in imgs])
+    with torch.no_grad():
+        img_f = model.encode_image(x, normalize=True)
+        assert torch.allclose(img_f, model2.encode_image(x, normalize=True), atol=1e-5)
+        for f in ("hair", "glasses", "background"):
+            txt_f = model.encode_text(tokenizer(zero_shot_prompts(dom, f)), normalize=True)
+            acc = ((img_f @ txt_f.T).argmax(1).numpy() == dom.labels(recs)[f]).mean()
+            assert acc >= 0.7, (f, acc)
+
+
+def test_text_fidelity_small(toy_pipe):
+    dom, recs, _ = _renders("faces", 8, seed=99)
+    out = toy_pipe([dom.caption(r) for r in recs], num_inference_steps=25, guidance_scale=5.0,
+                   generator=torch.Generator().manual_seed(0), output_type="pt")
+    reading = load_probe("faces").predict(out.images)
+    labels = dom.labels(recs)
+    agree = np.mean([(reading.labels[f.name] == labels[f.name]).mean() for f in dom.factors])
+    assert agree >= 0.6
+
+
+def test_toy_assets_json_records_quality():
+    info = toy_assets_info()
+    assert info["vae"]["psnr"] >= 28 and "config" in info["vae"]
+    assert "min_acc_render" in info["probe"]
