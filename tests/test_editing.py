@@ -136,6 +136,11 @@ def test_inversion_round_trip_and_null_text_closer(tiny_pipe):
     assert torch.equal(ep(inversion=ddim, edits={"<d1>": 0.0}, output_type="pt").images, plain)
     assert not torch.allclose(ep(inversion=nt, edits={"<d1>": 3.0}, output_type="pt").images,
                               ep(inversion=nt, output_type="pt").images, atol=1e-5)
+    # several images invert and edit as one batch, each as it would alone
+    pair = invert(tiny_pipe, [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], num_inference_steps=STEPS, progress=False)
+    both = ep(inversion=pair, edits={"<d1>": 2.0}, output_type="pt").images
+    alone = ep(inversion=ddim, edits={"<d1>": 2.0}, output_type="pt").images
+    assert both.shape[0] == 2 and torch.allclose(both[0], alone[0], atol=1e-5)
 
 
 def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):

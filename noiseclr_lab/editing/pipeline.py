@@ -176,7 +176,8 @@ class EditPipeline:
             num_inference_steps = inversion.num_inference_steps
             guidance_scale = 1.0
             latents = inversion.latents[-1]
-            prompt = prompt or ""
+            if isinstance(prompt, str):  # one prompt for every inverted image
+                prompt = [prompt] * latents.shape[0]
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         B = len(prompts)
