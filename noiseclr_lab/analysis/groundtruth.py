@@ -195,7 +195,7 @@ def effect_heatmap(results: dict, factors: list[str], cell: int = 26) -> Image.I
     from noiseclr_lab.editing.grid import _font
 
     font = _font(11)
-    label_w, head_h, gap = 110, 90, 20
+    label_w, head_h, gap = 110, 104, 20
     panels = []
     for name, res in results.items():
         eff = np.asarray(res["effect"])
@@ -204,8 +204,10 @@ def effect_heatmap(results: dict, factors: list[str], cell: int = 26) -> Image.I
         d = ImageDraw.Draw(img)
         m = res["metrics"]
         d.text((4, 4), f"{name}: coverage {m['coverage']:.0f}/{F}, modularity {m['modularity_mean']:.2f}", fill="black", font=font)
-        for j, f in enumerate(factors):
-            d.text((label_w + j * cell + cell // 2, head_h - 6), f[:10], fill="black", anchor="ls", font=font)
+        for j, f in enumerate(factors):  # factor names written upwards above their column
+            txt = Image.new("RGB", (head_h - 24, cell), "white")
+            ImageDraw.Draw(txt).text((2, cell // 2), f[:12], fill="black", anchor="lm", font=font)
+            img.paste(txt.rotate(90, expand=True), (label_w + j * cell, 22))
         for k, row in enumerate(res["directions"]):
             d.text((4, head_h + k * cell + cell // 2), (row["token"] + " " + row["label"])[:16], fill="black", anchor="lm", font=font)
             for j in range(F):
