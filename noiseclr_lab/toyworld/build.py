@@ -69,6 +69,24 @@ def _load_ckpt(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.exists() else None
 
 
+def _timeboxed(name: str, minutes: float, step: int, one_step, save, save_every: float = 180.0) -> int:
+    """Run ``one_step(step) -> postfix dict`` until ``minutes`` pass, calling ``save(step)`` every
+    ``save_every`` seconds and at the end; returns the step count reached."""
+    t0 = last = time.time()
+    bar = tqdm(desc=name, unit="step")
+    while time.time() - t0 < minutes * 60:
+        postfix = one_step(step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(**postfix)
+        if time.time() - last > save_every:
+            save(step)
+            last = time.time()
+    bar.close()
+    save(step)
+    return step
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -144,10 +162,9 @@ def train_vae(cfg: BuildConfig, minutes: float) -> dict:
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
     g = torch.Generator().manual_seed(cfg.seed + step)
-    t0 = last = time.time()
-    bar = tqdm(desc="vae", unit="step")
     vae.train()
-    while time.time() - t0 < minutes * 60:
+
+    def one_step(step):
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=g).numpy()
         x = to_tensor(images[idx])
         c = cfg.vae_crop
@@ -163,14 +180,12 @@ def train_vae(cfg: BuildConfig, minutes: float) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
-        if time.time() - last > 180:
-            atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck_path)
-            last = time.time()
-    bar.close()
-    atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck_path)
+        return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
+
+    def save(step):
+        atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck_path)
+
+    step = _timeboxed("vae", minutes, step, one_step, save)
     cfg.minutes["vae"] = cfg.minutes.get("vae", 0) + minutes
     return evaluate_vae(cfg, vae) | {"steps": step}
 
@@ -256,14 +271,12 @@ def train_probe(cfg: BuildConfig, minutes: float) -> dict:
             opts[n].load_state_dict(ck["opt"][n])
         step = ck["step"]
     g = torch.Generator().manual_seed(cfg.seed + 7 + step)
-    t0 = last = time.time()
-    bar = tqdm(desc="probe", unit="step")
 
-    def save():
+    def save(step):
         atomic_save({"model": {n: m.state_dict() for n, m in models.items()},
                      "opt": {n: o.state_dict() for n, o in opts.items()}, "step": step}, ck_path)
 
-    while time.time() - t0 < minutes * 60:
+    def one_step(step):
         name = doms[step % len(doms)]
         d, rec = data[name], lat[name]["recon"]
         half = cfg.probe_batch // 2
@@ -277,14 +290,9 @@ def train_probe(cfg: BuildConfig, minutes: float) -> dict:
         opts[name].zero_grad(set_to_none=True)
         loss.backward()
         opts[name].step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", domain=name)
-        if time.time() - last > 180:
-            save()
-            last = time.time()
-    bar.close()
-    save()
+        return {"loss": f"{loss.item():.3f}", "domain": name}
+
+    step = _timeboxed("probe", minutes, step, one_step, save)
     return evaluate_probe(cfg, models) | {"steps": step}
 
 
@@ -421,15 +429,14 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
             cache.update(zip(missing, enc))
         return torch.stack([cache[c] for c in captions])
 
-    def save():
+    def save(step):
         atomic_save({"te": te.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict(),
                      "ema": ema.state_dict(), "step": step, "scaling_factor": sf}, ck_path)
 
-    t0 = last = time.time()
-    bar = tqdm(desc="unet", unit="step")
     te.train()
     unet.train()
-    while time.time() - t0 < minutes * 60:
+
+    def one_step(step):
         # every batch mixes the domains
         per = [cfg.unet_batch // len(doms) + (i < cfg.unet_batch % len(doms)) for i in range(len(doms))]
         zs, caps = [], []
@@ -456,14 +463,9 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update(step)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time.time() - last > 240:
-            save()
-            last = time.time()
-    bar.close()
-    save()
+        return {"loss": f"{loss.item():.4f}"}
+
+    step = _timeboxed("unet", minutes, step, one_step, save, save_every=240.0)
     return {"steps": step, "scaling_factor": sf}
 
 
@@ -621,14 +623,13 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
     rng = np.random.default_rng([cfg.seed, 13, step])
-    t0 = last = time.time()
-    bar = tqdm(desc="clip", unit="step")
 
-    def save():
+    def save(step):
         atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ck_path)
 
     model.train()
-    while time.time() - t0 < minutes * 60:
+
+    def one_step(step):
         name = doms[step % len(doms)]
         dom, d, rec = get_domain(name), data[name], lat[name]["recon"]
         idx = rng.integers(len(rec), size=cfg.clip_batch)  # the reconstructed subset, shown as render or recon
@@ -650,14 +651,9 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", domain=name)
-        if time.time() - last > 180:
-            save()
-            last = time.time()
-    bar.close()
-    save()
+        return {"loss": f"{loss.item():.3f}", "domain": name}
+
+    step = _timeboxed("clip", minutes, step, one_step, save)
     return evaluate_clip(cfg, model) | {"steps": step}
 
 
