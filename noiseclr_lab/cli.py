@@ -164,6 +164,7 @@ def _cmd_demo(args) -> int:
     import time
 
     from noiseclr_lab.analysis.groundtruth import evaluate_gt
+    from noiseclr_lab.toyworld.render import render_folder
     from noiseclr_lab.training import TrainConfig, load_preset, train
 
     t0 = time.time()
@@ -171,9 +172,15 @@ def _cmd_demo(args) -> int:
     values = load_preset("toy-faces") | {"out": str(out / "run"), "device": args.device or ""}
     if args.steps:
         values["steps"] = args.steps
+    data = out / "data"
+    if not (data / "factors.csv").is_file():
+        render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
+    values["data"] = str(data)
     cfg = TrainConfig.from_dict(values)
-    print(f"[1/3] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces ({cfg.steps} steps)")
-    run = train(cfg, resume=False) if not (out / "run" / "checkpoints").exists() else train(cfg, resume=True)
+    print(f"[1/3] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
+          f"({cfg.steps} steps)")
+    resume = any((out / "run" / "checkpoints").glob("step-*"))
+    run = train(cfg, resume=resume)
     print("[2/3] scoring the directions against the toy probe (and baselines)")
     res = evaluate_gt(run, "faces", seeds=args.seeds, steps=args.eval_steps, baselines=["random", "supervised"],
                       device=args.device)
