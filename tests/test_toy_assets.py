@@ -76,3 +76,19 @@ def test_toy_assets_json_records_quality():
     info = toy_assets_info()
     assert info["vae"]["psnr"] >= 28 and "config" in info["vae"]
     assert "min_acc_render" in info["probe"]
+
+
+def test_demo_end_to_end_small(tmp_path, capsys):
+    import json
+
+    from noiseclr_lab.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--seeds", "2", "--eval-steps", "3",
+                 "--device", "cpu"]) == 0
+    run = tmp_path / "demo" / "run"
+    gt = json.loads((run / "analysis" / "gt_metrics.json").read_text())
+    assert set(gt["banks"]) == {"trained", "random", "supervised"}
+    assert len(gt["banks"]["trained"]["effect"]) == 12 and len(gt["factors"]) == 6
+    assert (run / "analysis" / "gt_effects.png").is_file() and (run / "validation" / "step-2.png").is_file()
+    assert (tmp_path / "demo" / "data" / "factors.csv").is_file()
+    assert "coverage" in capsys.readouterr().out
