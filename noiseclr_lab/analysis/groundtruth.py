@@ -3,8 +3,10 @@
 For each direction k and scale s of a sweep, S seeds are generated with and without the edit (one batch
 per direction: every scale x seed of it at once); the toy probe reads every factor of both; the effect
 
-    E_s[k, f] = mean_seeds TV(p_f(edited), p_f(unedited)),   TV the total-variation distance of the
-                                                             probe's probability vectors, in [0, 1]
+    E_s[k, f] = max_v | mean_seeds ( p_f(v | edited) - p_f(v | unedited) ) |     in [0, 1]
+
+the mean change of the probe's probability of the most-moved value v: a direction must push the factor the
+same way on every seed to score (random perturbations that flip a fragile factor every which way do not).
 
 is taken at a per-direction calibrated scale: the gentlest |s| at which the direction visibly moves some
 factor (max_f E_s[k, f] >= threshold), else the scale where it moves most. Metrics then come from
@@ -30,7 +32,7 @@ from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.registry import Registry
 
-DEFAULT_SCALES = (-8.0, -4.0, 4.0, 8.0)
+DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 CALIBRATION_THRESHOLD = 0.3
 
 
@@ -55,8 +57,10 @@ def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: fl
                          num_inference_steps=steps, guidance_scale=guidance, output_type="pt").images
         p1 = probe.predict(imgs).probs
         for j, f in enumerate(factors):
-            tv = 0.5 * np.abs(p1[f].reshape(n, seeds, -1) - p0[f][None]).sum(-1)  # (n_scales, seeds)
-            out[:, k, j] = tv.mean(1)
+            # mean signed change of each value's probability over seeds; a random perturbation that flips a
+            # fragile factor different ways on different seeds averages out, a semantic edit does not
+            delta = (p1[f].reshape(n, seeds, -1) - p0[f][None]).mean(1)  # (n_scales, n_values)
+            out[:, k, j] = np.abs(delta).max(1)
     return out
 
 
@@ -131,8 +135,8 @@ register_baseline("supervised", _supervised_bank)
 # --------------------------------------------------------------------------- evaluation
 
 
-def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 8, prompt: str = "",
-               guidance: float = 3.0, steps: int = 20, threshold: float = CALIBRATION_THRESHOLD,
+def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 6, prompt: str = "",
+               guidance: float = 3.0, steps: int = 15, threshold: float = CALIBRATION_THRESHOLD,
                progress: bool = True) -> dict:
     """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix."""
     from noiseclr_lab.editing import EditPipeline
@@ -154,7 +158,7 @@ def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: i
     }
 
 
-def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 8, scales=DEFAULT_SCALES, steps: int = 20,
+def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 6, scales=DEFAULT_SCALES, steps: int = 15,
                 prompt: str | None = None, guidance: float = 3.0, baselines=("random", "init", "supervised"),
                 device=None, progress: bool = True) -> dict:
     """Score a run's directions and the baselines against the toy probe; writes analysis/gt_metrics.json and
