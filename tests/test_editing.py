@@ -140,7 +140,7 @@ def test_inversion_round_trip_and_null_text_closer(tiny_pipe):
     pair = invert(tiny_pipe, [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], num_inference_steps=STEPS, progress=False)
     both = ep(inversion=pair, edits={"<d1>": 2.0}, output_type="pt").images
     alone = ep(inversion=ddim, edits={"<d1>": 2.0}, output_type="pt").images
-    assert both.shape[0] == 2 and torch.allclose(both[0], alone[0], atol=1e-5)
+    assert both.shape[0] == 2 and torch.allclose(both[0], alone[0], atol=1e-4)  # batch-size-dependent CPU kernels
 
 
 def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
