@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,6 @@ class BuildConfig:
     clip_batch: int = 128
     clip_width: int = 128  # open_clip tower widths
     clip_embed: int = 64
-    minutes: dict = field(default_factory=dict)  # CPU minutes spent per stage (filled while building)
 
 
 def _log(msg: str) -> None:
@@ -186,7 +185,6 @@ def train_vae(cfg: BuildConfig, minutes: float) -> dict:
         atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck_path)
 
     step = _timeboxed("vae", minutes, step, one_step, save)
-    cfg.minutes["vae"] = cfg.minutes.get("vae", 0) + minutes
     return evaluate_vae(cfg, vae) | {"steps": step}
 
 
@@ -702,7 +700,7 @@ def _record(cfg: BuildConfig, stage: str, result: dict) -> None:
     entry = log.setdefault(stage, {"minutes": 0.0})
     entry["minutes"] = entry["minutes"] + result.pop("minutes", 0.0)
     entry.update(result)
-    entry["config"] = {k: v for k, v in asdict(cfg).items() if k not in ("work", "minutes")}
+    entry["config"] = {k: v for k, v in asdict(cfg).items() if k != "work"}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(log, indent=2))
     os.replace(tmp, path)
