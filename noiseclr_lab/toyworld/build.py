@@ -191,10 +191,7 @@ def train_vae(cfg: BuildConfig, minutes: float) -> dict:
 @torch.no_grad()
 def evaluate_vae(cfg: BuildConfig, vae=None) -> dict:
     """PSNR of reconstructions (posterior mean) on fresh evaluation renders, and the latent std."""
-    if vae is None:
-        vae = make_vae(cfg)
-        vae.load_state_dict(torch.load(Path(cfg.work) / "vae.pt", weights_only=True)["model"])
-    vae.eval()
+    vae = load_build_vae(cfg) if vae is None else vae.eval()
     res, stds = {}, []
     for name, d in dataset(cfg, "eval").items():
         x = to_tensor(d["images"][:256])
@@ -297,14 +294,10 @@ def train_probe(cfg: BuildConfig, minutes: float) -> dict:
 @torch.no_grad()
 def evaluate_probe(cfg: BuildConfig, models: dict | None = None) -> dict:
     """Per-factor accuracy on fresh renders and on their VAE reconstructions."""
-    from noiseclr_lab.toyworld.probe import FactorProbe, Probe
+    from noiseclr_lab.toyworld.probe import Probe
 
     if models is None:
-        ck = torch.load(Path(cfg.work) / "probe.pt", weights_only=True)
-        models = {}
-        for n in list_domains():
-            models[n] = FactorProbe({f.name: len(f.values) for f in get_domain(n).factors})
-            models[n].load_state_dict(ck["model"][n])
+        models = {n: p.model for n, p in build_probes(cfg).items()}
     data, lat = dataset(cfg, "eval"), latents(cfg, "eval", n_recon=1000)
     res = {}
     for n, m in models.items():
