@@ -145,7 +145,8 @@ def _cmd_evaluate_gt(args) -> int:
     from noiseclr_lab.analysis.groundtruth import evaluate_gt
 
     out = evaluate_gt(args.run, args.domain, seeds=args.seeds, scales=args.scales, steps=args.steps,
-                      guidance=args.guidance, baselines=[b for b in args.baselines.split(",") if b], device=args.device)
+                      guidance=args.guidance, baselines=[b for b in args.baselines.split(",") if b], device=args.device,
+                      noise_z=args.noise_z, edit_start=args.edit_start)
     _print_gt_summary(out)
     print(f"wrote {Path(args.run) / 'analysis' / 'gt_metrics.json'} and gt_effects.png")
     return 0
@@ -153,11 +154,13 @@ def _cmd_evaluate_gt(args) -> int:
 
 def _print_gt_summary(out: dict) -> None:
     n_f = len(out["factors"])
-    print(f"{'bank':<11} {'coverage':>8} {'modularity':>10} {'mig':>6} {'dci_D':>6} {'active':>6}")
+    print(f"{'bank':<11} {'coverage':>8} {'modularity':>10} {'mig':>6} {'dci_D':>6} {'active':>6}   "
+          f"(raw means: coverage, modularity)")
     for name, res in out["banks"].items():
-        m = res["metrics"]
+        m, r = res["metrics"], res.get("metrics_raw", {})
+        raw = f"   {r['coverage']:>5.0f}/{n_f} {r['modularity_mean']:>5.2f}" if r else ""
         print(f"{name:<11} {m['coverage']:>5.0f}/{n_f} {m['modularity_mean']:>10.2f} {m['mig_style']:>6.2f} "
-              f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}")
+              f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}{raw}")
 
 
 def _cmd_demo(args) -> int:
@@ -311,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate-gt", help="score a run's directions against the toy world's ground truth")
     s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
     s.add_argument("--domain", required=True, help="toy domain whose probe reads the factors (faces, shapes, scenes)")
-    s.add_argument("--seeds", type=_positive_int, default=6, help="seeds per direction and scale")
+    s.add_argument("--seeds", type=_positive_int, default=12, help="seeds per direction and scale (at least 2)")
+    s.add_argument("--noise-z", type=float, default=1.0,
+                   help="standard errors subtracted from every mean probe change (0: raw means)")
+    s.add_argument("--edit-start", type=int, default=0, help="denoising step from which edits are applied")
     s.add_argument("--scales", type=_float_list, default=[-6.0, -3.0, -1.5, 1.5, 3.0, 6.0],
                    help="scale sweep, e.g. --scales=-6,-3,3,6 (each direction is scored at its gentlest visible scale)")
     s.add_argument("--steps", type=_positive_int, default=15, help="denoising steps")

@@ -24,3 +24,22 @@ def test_baselines_registered_and_heatmap_draws():
                        "directions": [{"token": f"<d{i}>", "label": ""} for i in range(3)]}}
     img = effect_heatmap(res | {"random": res["trained"]}, ["a", "b", "c"])
     assert img.width > 2 * 3 * 26 and img.height > 3 * 26
+
+
+def test_probe_effect_keeps_consistent_pushes_and_shrinks_random_flips():
+    from noiseclr_lab.analysis.groundtruth import probe_effect
+
+    seeds = 16
+    base = np.tile([1.0, 0.0], (seeds, 1))  # a binary factor read as value 0 on every seed
+    base[::2] = [0.0, 1.0]  # ... and value 1 on every other seed
+    # scale 0: the edit turns every seed into value 1 (a semantic push: half the seeds change)
+    # scale 1: the edit re-rolls four seeds, three one way and one the other (a chaotic perturbation)
+    edited = np.stack([np.tile([0.0, 1.0], (seeds, 1)), base.copy()])
+    for i in (1, 3, 5, 0):
+        edited[1, i] = 1.0 - edited[1, i]
+    shrunk, raw = probe_effect(edited, base, noise_z=1.0)
+    assert np.isclose(raw[0], 0.5)
+    assert 0.3 < shrunk[0] < 0.5  # a real push survives the correction (se = 0.5 / sqrt(16) ~ 0.13)
+    assert raw[1] > 0.1 and shrunk[1] < 0.05  # the re-roll leaves a raw residue; the correction removes it
+    same, same_raw = probe_effect(edited, base, noise_z=0.0)
+    assert np.allclose(same, same_raw)

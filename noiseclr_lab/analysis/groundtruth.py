@@ -7,6 +7,12 @@ per direction: every scale x seed of it at once); the toy probe reads every fact
 
 the mean change of the probe's probability of the most-moved value v: a direction must push the factor the
 same way on every seed to score (random perturbations that flip a fragile factor every which way do not).
+With few seeds such flips still leave a residue of about one standard error on every factor, which adds up
+over the side factors and caps a perfectly clean edit's modularity near 0.5; so each mean is shrunk by
+``noise_z`` standard errors before the max (``noise_z=0`` gives the raw mean change, reported as
+``sweep_raw``):
+
+    E_s[k, f] = max_v max(0, |mean_seeds(delta_v)| - noise_z * se_seeds(delta_v))
 
 is taken at a per-direction calibrated scale: the gentlest |s| at which the direction visibly moves some
 factor (max_f E_s[k, f] >= threshold), else the scale where it moves most. Metrics then come from
@@ -34,12 +40,14 @@ from noiseclr_lab.registry import Registry
 
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 CALIBRATION_THRESHOLD = 0.3
+NOISE_Z = 1.0  # standard errors subtracted from every mean change (see the module docstring)
 
 
 @torch.no_grad()
 def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: float, steps: int,
-                 progress: bool = True) -> np.ndarray:
-    """(n_scales, K, F) mean probe change of every direction of ``edit_pipe.bank`` at every scale."""
+                 progress: bool = True, noise_z: float = NOISE_Z, edit_start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n_scales, K, F) probe change of every direction of ``edit_pipe.bank`` at every scale: (shrunk by
+    ``noise_z`` standard errors, raw mean). Edits are active from denoising step ``edit_start`` on."""
     bank = edit_pipe.bank
     factors = list(probe.values)
     n = len(scales)
@@ -50,18 +58,31 @@ def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: fl
     base = edit_pipe([prompt] * seeds, generator=gens(), num_inference_steps=steps, guidance_scale=guidance,
                      output_type="pt").images
     p0 = probe.predict(base).probs
-    out = np.zeros((n, len(bank), len(factors)))
+    out, raw = np.zeros((n, len(bank), len(factors))), np.zeros((n, len(bank), len(factors)))
     for k, tok in enumerate(tqdm(bank.tokens, desc="effect sweep", disable=not progress, leave=False)):
         lam = [float(s) for s in scales for _ in range(seeds)]
-        imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, generator=[g for _ in scales for g in gens()],
-                         num_inference_steps=steps, guidance_scale=guidance, output_type="pt").images
+        imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, windows={tok: (edit_start, steps)},
+                         generator=[g for _ in scales for g in gens()], num_inference_steps=steps,
+                         guidance_scale=guidance, output_type="pt").images
         p1 = probe.predict(imgs).probs
         for j, f in enumerate(factors):
-            # mean signed change of each value's probability over seeds; a random perturbation that flips a
-            # fragile factor different ways on different seeds averages out, a semantic edit does not
-            delta = (p1[f].reshape(n, seeds, -1) - p0[f][None]).mean(1)  # (n_scales, n_values)
-            out[:, k, j] = np.abs(delta).max(1)
-    return out
+            out[:, k, j], raw[:, k, j] = probe_effect(p1[f].reshape(n, seeds, -1), p0[f], noise_z)
+    return out, raw
+
+
+def probe_effect(p_edited: np.ndarray, p_base: np.ndarray, noise_z: float = NOISE_Z) -> tuple[np.ndarray, np.ndarray]:
+    """Effect of an edit on one factor from the probe's value probabilities, per scale.
+
+    p_edited (n_scales, seeds, n_values), p_base (seeds, n_values) -> (shrunk (n_scales,), raw (n_scales,)):
+    the largest |mean over seeds of the signed change| of a value's probability, and the same minus
+    ``noise_z`` standard errors of that mean (floored at 0). A random perturbation that flips the factor
+    different ways on different seeds averages out; a semantic edit pushes it the same way on every seed.
+    """
+    delta = np.asarray(p_edited, dtype=np.float64) - np.asarray(p_base, dtype=np.float64)[None]
+    seeds = delta.shape[1]
+    mean = np.abs(delta.mean(1))
+    se = delta.std(1, ddof=1) / np.sqrt(seeds) if seeds > 1 else np.zeros_like(mean)
+    return np.clip(mean - noise_z * se, 0, None).max(1), mean.max(1)
 
 
 def calibrate(sweep: np.ndarray, scales, threshold: float = CALIBRATION_THRESHOLD) -> tuple[np.ndarray, list[float]]:
@@ -135,21 +156,28 @@ register_baseline("supervised", _supervised_bank)
 # --------------------------------------------------------------------------- evaluation
 
 
-def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 6, prompt: str = "",
+def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 12, prompt: str = "",
                guidance: float = 3.0, steps: int = 15, threshold: float = CALIBRATION_THRESHOLD,
-               progress: bool = True) -> dict:
-    """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix."""
+               progress: bool = True, noise_z: float = NOISE_Z, edit_start: int = 0) -> dict:
+    """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix
+    (``metrics_raw``: the same scored on raw mean changes, at the same calibrated scales)."""
     from noiseclr_lab.editing import EditPipeline
 
+    if seeds < 2:
+        raise NoiseCLRLabError(f"ground-truth scoring needs at least 2 seeds (got {seeds}).")
     ep = EditPipeline(pipe, bank)
-    sweep = effect_sweep(ep, probe, scales, seeds, prompt, guidance, steps, progress)
+    sweep, raw = effect_sweep(ep, probe, scales, seeds, prompt, guidance, steps, progress, noise_z, edit_start)
     eff, chosen = calibrate(sweep, scales, threshold)
+    idx = [list(scales).index(c) for c in chosen]
+    eff_raw = raw[idx, np.arange(len(bank))]
     mod, main, active = per_direction(eff)
     factors = list(probe.values)
     return {
         "metrics": compute_all(eff),
+        "metrics_raw": compute_all(eff_raw),
         "effect": eff.round(4).tolist(),
         "sweep": sweep.round(4).tolist(),
+        "sweep_raw": raw.round(4).tolist(),
         "directions": [
             {"token": t, "label": bank.labels[k], "main_factor": factors[int(main[k])], "modularity": float(mod[k]),
              "effect": float(eff[k].max()), "active": bool(active[k]), "scale": chosen[k]}
@@ -158,9 +186,9 @@ def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: i
     }
 
 
-def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 6, scales=DEFAULT_SCALES, steps: int = 15,
+def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 12, scales=DEFAULT_SCALES, steps: int = 15,
                 prompt: str | None = None, guidance: float = 3.0, baselines=("random", "init", "supervised"),
-                device=None, progress: bool = True) -> dict:
+                device=None, progress: bool = True, noise_z: float = NOISE_Z, edit_start: int = 0) -> dict:
     """Score a run's directions and the baselines against the toy probe; writes analysis/gt_metrics.json and
     analysis/gt_effects.png. Returns the JSON content."""
     from noiseclr_lab.models import load_pipeline
@@ -179,7 +207,8 @@ def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 6, scal
     pipe.noiseclr_spec = model
     probe = load_probe(domain, device=pipe.device)
     prompt = dom.prefix if prompt is None else prompt
-    kw = dict(scales=list(scales), seeds=seeds, prompt=prompt, guidance=guidance, steps=steps, progress=progress)
+    kw = dict(scales=list(scales), seeds=seeds, prompt=prompt, guidance=guidance, steps=steps, progress=progress,
+              noise_z=noise_z, edit_start=edit_start)
     results = {"trained": score_bank(pipe, bank, probe, **kw)}
     for b in baselines:
         results[b] = score_bank(pipe, _BASELINES.get(b)(bank, run, pipe, domain), probe, **kw)

@@ -43,6 +43,7 @@ class BuildConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_batch: int = 64
     unet_lr: float = 1e-3
+    unet_decay_steps: int = 7000  # cosine decay of the UNet lr to 10% over this many steps (constant after)
     caption_dropout: float = 0.1  # share of empty captions, so that CFG and the empty prompt work
     domain_only: float = 0.1  # share of captions reduced to the domain head ("a cartoon face")
     phrase_keep: float = 0.7  # in partial captions, each factor phrase is kept with this probability
@@ -440,7 +441,8 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
         noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(z0),), generator=g).to(dev)
         zt = sched.add_noise(z0, noise, t)
-        lr = cfg.unet_lr * min(1.0, (step + 1) / 200)
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_decay_steps) / cfg.unet_decay_steps))
+        lr = cfg.unet_lr * min(1.0, (step + 1) / 200) * decay
         for pg in opt.param_groups:
             pg["lr"] = lr
         cond = te(ids_of(caps).to(dev))[0]
