@@ -185,8 +185,8 @@ def _cmd_demo(args) -> int:
     resume = any((out / "run" / "checkpoints").glob("step-*"))
     run = train(cfg, resume=resume)
     print("[2/3] scoring the directions against the toy probe (and baselines)")
-    res = evaluate_gt(run, "faces", seeds=args.seeds, steps=args.eval_steps, baselines=["random", "supervised"],
-                      device=args.device)
+    res = evaluate_gt(run, "faces", seeds=args.seeds, scales=args.scales, steps=args.eval_steps,
+                      baselines=["random", "supervised"], device=args.device)
     _print_gt_summary(res)
     print(f"[3/3] done in {(time.time() - t0) / 60:.1f} min: {run}/directions.safetensors, {run}/validation/, "
           f"{run}/analysis/gt_metrics.json, {run}/analysis/gt_effects.png")
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, write grids (~10 min CPU)")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
     s.add_argument("--steps", type=_positive_int, default=None, help="override the preset's training steps")
-    s.add_argument("--seeds", type=_positive_int, default=6, help="evaluation seeds per direction and scale")
+    s.add_argument("--seeds", type=_positive_int, default=12, help="evaluation seeds per direction and scale")
+    s.add_argument("--scales", type=_float_list, default=[-6.0, -3.0, 3.0, 6.0], help="evaluation scale sweep")
     s.add_argument("--eval-steps", type=_positive_int, default=15, help="denoising steps of evaluation images")
     s.add_argument("--device", default=None, help="cuda, mps or cpu")
     s.set_defaults(func=_cmd_demo)

@@ -51,6 +51,7 @@ class BuildConfig:
     probe_batch: int = 128
     clip_batch: int = 128
     clip_width: int = 128  # open_clip tower widths
+    clip_counterfactual: float = 0.5  # share of a CLIP batch made of pairs that differ in one factor only
     clip_embed: int = 64
 
 
@@ -625,11 +626,25 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
     def one_step(step):
         name = doms[step % len(doms)]
         dom, d, rec = get_domain(name), data[name], lat[name]["recon"]
-        idx = rng.integers(len(rec), size=cfg.clip_batch)  # the reconstructed subset, shown as render or recon
-        use_rec = rng.random(cfg.clip_batch) < 0.5
+        n_pairs = int(cfg.clip_batch * cfg.clip_counterfactual) // 2
+        n_plain = cfg.clip_batch - 2 * n_pairs
+        idx = rng.integers(len(rec), size=n_plain)  # the reconstructed subset, shown as render or recon
+        use_rec = rng.random(n_plain) < 0.5
         imgs = np.where(use_rec[:, None, None, None], rec[idx], d["images"][idx])
         caps = [dom.caption(d["records"][i], rng, keep=0.5) if rng.random() < 0.5 else dom.caption(d["records"][i])
                 for i in idx]
+        if n_pairs:
+            # hard negatives: a record and its twin with one factor changed, both with full captions, so the
+            # only thing that tells the two captions apart is the one attribute that differs in the images
+            base = [dict(d["records"][i]) for i in rng.integers(len(d["records"]), size=n_pairs)]
+            twins = []
+            for r in base:
+                f = dom.factors[rng.integers(len(dom.factors))]
+                others = [v for v in f.values if v != r[f.name]]
+                twins.append(r | {f.name: others[rng.integers(len(others))]})
+            pair_imgs = np.stack([np.asarray(im) for im in dom.render(base + twins)])
+            imgs = np.concatenate([imgs, pair_imgs])
+            caps += [dom.caption(r) for r in base + twins]
         # identical captions in a batch are positives of each other, not negatives
         same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
