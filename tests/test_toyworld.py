@@ -63,3 +63,21 @@ def test_captions_name_every_factor_value(name):
         assert rec[f.name] in cap
     partial = dom.caption(rec, np.random.default_rng(0), keep=0.0)
     assert partial == dom.prefix
+
+
+def test_training_caption_mix_matches_the_build_config():
+    """Empty, domain head, bare phrases (no head: a lone attribute is a meaningful prompt), partial, full."""
+    from noiseclr_lab.toyworld.build import BuildConfig, training_caption
+
+    cfg = BuildConfig()
+    dom = get_domain("faces")
+    rng = np.random.default_rng(0)
+    recs = dom.sample(rng, 50)
+    caps = [training_caption(dom, recs[i % 50], rng, cfg) for i in range(3000)]
+    share = lambda pred: sum(map(pred, caps)) / len(caps)  # noqa: E731
+    assert abs(share(lambda c: c == "") - cfg.caption_dropout) < 0.03
+    assert abs(share(lambda c: c == dom.prefix) - cfg.domain_only) < 0.03
+    bare = [c for c in caps if c and not c.startswith(dom.prefix)]
+    assert abs(len(bare) / len(caps) - cfg.bare) < 0.03
+    phrases = {p for r in recs for p in dom._phrases(r)}
+    assert all(set(c.split(", ")) <= phrases and len(c.split(", ")) <= 2 for c in bare)

@@ -48,6 +48,8 @@ class BuildConfig:
     domain_only: float = 0.1  # share of captions reduced to the domain head ("a cartoon face")
     phrase_keep: float = 0.7  # in partial captions, each factor phrase is kept with this probability
     partial: float = 0.3  # share of partial captions (the rest name every factor)
+    bare: float = 0.1  # share of bare captions: one or two attribute phrases without the domain head ("red hair");
+    # they make a lone token a meaningful prompt, which is how NoiseCLR applies a direction ("<d3>" alone)
     probe_batch: int = 128
     clip_batch: int = 128
     clip_width: int = 128  # open_clip tower widths
@@ -350,13 +352,18 @@ def make_scheduler(kind: str = "ddpm"):
 
 
 def training_caption(dom, record: dict, rng: np.random.Generator, cfg: BuildConfig) -> str:
-    """Caption with dropout: empty, domain head only, partial, or full (see BuildConfig)."""
+    """Caption with dropout: empty, domain head only, bare phrases, partial, or full (see BuildConfig)."""
     u = rng.random()
     if u < cfg.caption_dropout:
         return ""
     if u < cfg.caption_dropout + cfg.domain_only:
         return dom.prefix
-    if u < cfg.caption_dropout + cfg.domain_only + cfg.partial:
+    u -= cfg.caption_dropout + cfg.domain_only
+    if u < cfg.bare:
+        phrases = dom._phrases(record)
+        pick = rng.choice(len(phrases), size=1 + int(rng.random() < 0.3), replace=False)
+        return ", ".join(phrases[i] for i in sorted(pick))
+    if u < cfg.bare + cfg.partial:
         return dom.caption(record, rng, keep=cfg.phrase_keep)
     return dom.caption(record)
 
