@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from noiseclr_lab.training import TrainConfig, Trainer
+from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks
 
@@ -113,11 +113,12 @@ def to_score(args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     curves = {}
     for schedule in ("batched", "official"):
-        cfg = TrainConfig(model="toy:faces", data="toy:faces", out=str(work / schedule), num_directions=args.directions,
-                          directions_per_step=args.directions, tokens_per_iter=min(20, args.directions - 1),
-                          schedule=schedule, batch_size=args.batch_size, steps=10**6, lr=args.lr,
-                          checkpoint_every=args.every, keep_checkpoints=10**6, num_images=256, device="cpu",
-                          cache_dir=args.cache_dir)
+        # the toy-faces recipe; both schedules see all K directions' edits every step
+        cfg = TrainConfig.from_dict(load_preset("toy-faces") | dict(
+            out=str(work / schedule), num_directions=args.directions, directions_per_step=args.directions,
+            tokens_per_iter=min(20, args.directions - 1), schedule=schedule, batch_size=args.batch_size,
+            steps=10**6, lr=args.lr, temperature=args.temperature, checkpoint_every=args.every,
+            keep_checkpoints=10**6, validate_every=0, device="cpu", cache_dir=args.cache_dir))
         tr = Trainer(cfg)
         t0, step, points = time.perf_counter(), 0, []
         while time.perf_counter() - t0 < args.minutes * 60:
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=8.0, help="to-score: training minutes per schedule")
     p.add_argument("--every", type=int, default=50, help="to-score: steps between scored checkpoints")
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--temperature", type=float, default=0.1, help="to-score: tau of both schedules")
     p.add_argument("--eval-seeds", type=int, default=8)
     p.add_argument("--eval-scales", default="-6,-3,3,6")
     p.add_argument("--eval-steps", type=int, default=15)
