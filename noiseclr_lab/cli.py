@@ -157,10 +157,10 @@ def _print_gt_summary(out: dict) -> None:
     print(f"{'bank':<11} {'coverage':>8} {'modularity':>10} {'mig':>6} {'dci_D':>6} {'active':>6}   "
           f"(raw means: coverage, modularity)")
     for name, res in out["banks"].items():
-        m, r = res["metrics"], res.get("metrics_raw", {})
-        raw = f"   {r['coverage']:>5.0f}/{n_f} {r['modularity_mean']:>5.2f}" if r else ""
+        m, r = res["metrics"], res["metrics_raw"]
         print(f"{name:<11} {m['coverage']:>5.0f}/{n_f} {m['modularity_mean']:>10.2f} {m['mig_style']:>6.2f} "
-              f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}{raw}")
+              f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}   "
+              f"{r['coverage']:>5.0f}/{n_f} {r['modularity_mean']:>5.2f}")
 
 
 def _cmd_demo(args) -> int:
