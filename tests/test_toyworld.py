@@ -79,5 +79,5 @@ def test_training_caption_mix_matches_the_build_config():
     assert abs(share(lambda c: c == dom.prefix) - cfg.domain_only) < 0.03
     bare = [c for c in caps if c and not c.startswith(dom.prefix)]
     assert abs(len(bare) / len(caps) - cfg.bare) < 0.03
-    phrases = {p for r in recs for p in dom._phrases(r)}
+    phrases = {p for r in recs for p in dom.phrases(r)}
     assert all(set(c.split(", ")) <= phrases and len(c.split(", ")) <= 2 for c in bare)

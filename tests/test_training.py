@@ -75,6 +75,14 @@ def test_resume_and_restart_guards(cfg, tmp_path):
         Trainer(cfg(steps=4, lr=5e-3), resume=True)
 
 
+def test_max_norm_keeps_every_direction_inside_the_ball(cfg):
+    run = train(cfg(steps=3, lr=0.2, max_norm=0.05, checkpoint_every=0))
+    norms = DirectionBank.load(run / "directions.safetensors").embeddings.norm(dim=1)
+    assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0.049  # lr 0.2 pushes all of them out to the bound
+    with pytest.raises(NoiseCLRLabError, match="max_norm"):
+        cfg(max_norm=-1.0)
+
+
 def test_divergence_stops_with_the_last_good_checkpoint_intact(cfg):
     train(cfg(steps=2))
     trainer = Trainer(cfg(steps=4), resume=True)

@@ -22,7 +22,6 @@ initial bank, and a supervised bank of the toy text encoder's own attribute word
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from noiseclr_lab.analysis.metrics import compute_all
 from noiseclr_lab.analysis.metrics.modularity import per_direction
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import write_json_atomic
 from noiseclr_lab.registry import Registry
 
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
@@ -216,9 +216,7 @@ def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 12, sca
            "banks": results}
     folder = run / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".gt_metrics.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, folder / "gt_metrics.json")
+    write_json_atomic(folder / "gt_metrics.json", out)
     effect_heatmap({k: v for k, v in results.items()}, list(probe.values)).save(folder / "gt_effects.png")
     return out
 

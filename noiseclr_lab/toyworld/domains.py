@@ -74,12 +74,17 @@ class Domain:
     def caption(self, record: Record, rng: np.random.Generator | None = None, keep: float = 1.0) -> str:
         """Caption naming every factor; with ``rng`` each phrase is kept with probability ``keep``
         (partial captions teach the text encoder each attribute word on its own)."""
-        phrases = self._phrases(record)
+        phrases = self.phrases(record)
         if rng is not None and keep < 1.0:
             phrases = [p for p in phrases if rng.random() < keep]
-        return self._join(phrases)
+        return self.join(phrases)
 
-    def _join(self, phrases: list[str]) -> str:
+    def phrases(self, record: Record) -> list[str]:
+        """One attribute phrase per factor, in factor order ("red hair", "glasses", ...)."""
+        return self._phrases(record)
+
+    def join(self, phrases: list[str]) -> str:
+        """A caption made of the domain head and ``phrases`` ("a cartoon face with red hair, glasses")."""
         return self.prefix if not phrases else f"{self.prefix} with " + ", ".join(phrases)
 
     def _phrases(self, record: Record) -> list[str]:

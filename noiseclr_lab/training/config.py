@@ -33,6 +33,8 @@ class TrainConfig:
     grad_accum: int = 1  # gradient accumulation steps per optimisation step
     t_min: int = 0  # timesteps are drawn uniformly from [t_min, t_max)
     t_max: int = 1000  # (the official code uses the whole range)
+    max_norm: float = 0.0  # > 0: after every step, directions longer than this are scaled back to it (0: free, as
+    # the official code); word embeddings of the toy text encoder have norm ~0.16, SD 1.5's ~0.39
     init: str = "random"  # "random" (N(0, init_std^2), official) or "mean-word" (mean word embedding + noise)
     init_std: float = 0.02  # std of the random initialisation
     num_images: int = 256  # images rendered for toy:<domain> data (ignored for folders)
@@ -68,6 +70,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be positive"),
             (self.grad_accum >= 1, "grad_accum must be positive"),
             (0 <= self.t_min < self.t_max <= 1000, "need 0 <= t_min < t_max <= 1000"),
+            (self.max_norm >= 0, "max_norm must be >= 0 (0 turns it off)"),
             (self.init in ("random", "mean-word"), f"init must be 'random' or 'mean-word', not {self.init!r}"),
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
             (self.num_images >= 2, "num_images must be at least 2"),

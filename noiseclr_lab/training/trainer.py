@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import write_json_atomic, write_text_atomic
 from noiseclr_lab.training.config import TrainConfig
 from noiseclr_lab.training.loss import noiseclr_loss
 
@@ -90,12 +91,6 @@ def _latest_checkpoint(run: Path) -> Path | None:
     cks = sorted((p for p in (run / "checkpoints").glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
                  key=lambda p: int(p.name[5:]))
     return cks[-1] if cks else None
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -311,7 +306,7 @@ class Trainer:
         acc, c = self.acc, self.cfg
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(self.run_dir / "config.json", {"config": c.to_dict(), "provenance": self.provenance(),
+            write_json_atomic(self.run_dir / "config.json", {"config": c.to_dict(), "provenance": self.provenance(),
                                                               "tokens": self.tokens})
             if self.start_step == 0:
                 (self.run_dir / "metrics.jsonl").write_text("")
@@ -339,6 +334,10 @@ class Trainer:
                 total += loss.item() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+            if c.max_norm > 0:
+                with torch.no_grad():
+                    d = acc.unwrap_model(self.encoder).directions
+                    d.mul_((c.max_norm / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
             done = step + 1
             images += c.batch_size * acc.num_processes * c.grad_accum
             bar.update(1)
@@ -366,7 +365,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if path.is_file():
             keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
