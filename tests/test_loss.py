@@ -56,3 +56,14 @@ def test_needs_two_images_and_two_directions():
         noiseclr_loss(torch.randn(1, 3, 4))
     with pytest.raises(ValueError, match="2 directions"):
         noiseclr_loss(torch.randn(3, 1, 4))
+
+
+def test_patch_grid_scores_each_patch_alone():
+    g = torch.Generator().manual_seed(1)
+    edits = torch.randn(4, 3, 2, 4, 4, generator=g)
+    # by hand: cut into 2 x 2 patches of 2 x 2 pixels, score each, average
+    by_hand = [noiseclr_loss(edits[:, :, :, i:i + 2, j:j + 2], 0.3) for i in (0, 2) for j in (0, 2)]
+    assert noiseclr_loss(edits, 0.3, patch_grid=2).item() == pytest.approx(float(sum(by_hand) / 4), rel=1e-5)
+    assert noiseclr_loss(edits, 0.3, patch_grid=1).item() == pytest.approx(noiseclr_loss(edits, 0.3).item())
+    with pytest.raises(ValueError, match="divisible"):
+        noiseclr_loss(torch.randn(3, 2, 4, 5, 5), patch_grid=2)

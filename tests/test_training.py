@@ -75,12 +75,17 @@ def test_resume_and_restart_guards(cfg, tmp_path):
         Trainer(cfg(steps=4, lr=5e-3), resume=True)
 
 
-def test_max_norm_keeps_every_direction_inside_the_ball(cfg):
-    run = train(cfg(steps=3, lr=0.2, max_norm=0.05, checkpoint_every=0))
+def test_extensions_max_norm_and_patch_loss(cfg):
+    run = train(cfg(steps=3, lr=0.2, max_norm=0.05, patch_grid=2, checkpoint_every=0))
     norms = DirectionBank.load(run / "directions.safetensors").embeddings.norm(dim=1)
     assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0.049  # lr 0.2 pushes all of them out to the bound
+    assert all(np.isfinite(json.loads(ln)["loss"]) for ln in (run / "metrics.jsonl").read_text().splitlines())
     with pytest.raises(NoiseCLRLabError, match="max_norm"):
         cfg(max_norm=-1.0)
+    with pytest.raises(NoiseCLRLabError, match="patch_grid"):
+        cfg(patch_grid=0)
+    with pytest.raises(NoiseCLRLabError, match="does not divide the latent side"):
+        Trainer(cfg(patch_grid=3, out=str(run) + "-3"))
 
 
 def test_divergence_stops_with_the_last_good_checkpoint_intact(cfg):

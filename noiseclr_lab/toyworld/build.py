@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from noiseclr_lab.fileio import write_json_atomic
 from noiseclr_lab.toyworld.domains import get_domain, list_domains
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
@@ -44,6 +45,11 @@ class BuildConfig:
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_decay_steps: int = 7000  # cosine decay of the UNet lr to 10% over this many steps (constant after)
+    unet_layout_from: int = 7334  # from this step on, high-noise steps get extra weight in x0 space (below)
+    unet_layout_weight: float = 0.5  # extra loss weight * min(1/SNR, 10) for t >= 400: the epsilon loss scales a
+    # layout error by the SNR (~0.02 at t = 900), so where a shape goes is barely trained without it
+    unet_layout_lr_from: int = 8573  # from this step on the lr is unet_layout_lr (constant) instead of the decayed one
+    unet_layout_lr: float = 3e-4
     caption_dropout: float = 0.1  # share of empty captions, so that CFG and the empty prompt work
     domain_only: float = 0.1  # share of captions reduced to the domain head ("a cartoon face")
     phrase_keep: float = 0.7  # in partial captions, each factor phrase is kept with this probability
@@ -54,6 +60,13 @@ class BuildConfig:
     clip_batch: int = 128
     clip_width: int = 128  # open_clip tower widths
     clip_counterfactual: float = 0.5  # share of a CLIP batch made of pairs that differ in one factor only
+    clip_decay_from: int = 2121  # CLIP lr is constant until this step, then decays (cosine) to 10% over
+    clip_decay_steps: int = 1500  # this many steps; from clip_decay_from on, every other batch is a scenes batch
+    # (a face and a shape each fill a quarter of a scene, so their small attributes need the most steps)
+    clip_focus_from: int = 3430  # focus phase: lr restarts at clip_focus_lr and decays (cosine, to 10%) over
+    clip_focus_steps: int = 1300  # this many steps; a third of the plain captions name one attribute only, and
+    clip_focus_lr: float = 2e-4  # counterfactual twins differ in a factor of clip_twin_focus three times as often
+    clip_twin_focus: tuple[str, ...] = ("shape", "expression")
     clip_embed: int = 64
 
 
@@ -360,7 +373,7 @@ def training_caption(dom, record: dict, rng: np.random.Generator, cfg: BuildConf
         return dom.prefix
     u -= cfg.caption_dropout + cfg.domain_only
     if u < cfg.bare:
-        phrases = dom._phrases(record)
+        phrases = dom.phrases(record)
         pick = rng.choice(len(phrases), size=1 + int(rng.random() < 0.3), replace=False)
         return ", ".join(phrases[i] for i in sorted(pick))
     if u < cfg.bare + cfg.partial:
@@ -451,11 +464,15 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
         zt = sched.add_noise(z0, noise, t)
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_decay_steps) / cfg.unet_decay_steps))
         lr = cfg.unet_lr * min(1.0, (step + 1) / 200) * decay
+        if step >= cfg.unet_layout_lr_from:
+            lr = cfg.unet_layout_lr
         for pg in opt.param_groups:
             pg["lr"] = lr
         cond = te(ids_of(caps).to(dev))[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting (Hang et al. 2023)
+        if step >= cfg.unet_layout_from and cfg.unet_layout_weight:
+            w = w + cfg.unet_layout_weight * torch.clamp(1.0 / snr[t], max=10.0) * (t >= 400)
         loss = (w * (pred - noise).pow(2).flatten(1).mean(1)).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept in {ck_path}")
@@ -566,7 +583,7 @@ def export_assets(cfg: BuildConfig, out: Path = ASSET_DIR) -> dict:
         export_clip(cfg, out)
         written["clip"] = True
     log = json.loads((work / "build_log.json").read_text()) if (work / "build_log.json").exists() else {}
-    (out / "toy_assets.json").write_text(json.dumps(log, indent=2))
+    write_json_atomic(out / "toy_assets.json", log)
     return written
 
 
@@ -594,7 +611,7 @@ def zero_shot_prompts(dom, factor: str) -> list[str]:
     """One prompt per value of ``factor``, naming that factor alone ("a cartoon face with red hair")."""
     j = [f.name for f in dom.factors].index(factor)
     base = dom.sample(np.random.default_rng(0), 1)[0]
-    return [dom._join([dom._phrases(base | {factor: v})[j]]) for v in dom.factor(factor).values]
+    return [dom.join([dom.phrases(base | {factor: v})[j]]) for v in dom.factor(factor).values]
 
 
 def _clip_pixels(images_uint8: np.ndarray) -> torch.Tensor:
@@ -603,6 +620,15 @@ def _clip_pixels(images_uint8: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255.0
     mean, std = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _clip_caption(dom, record: dict, rng: np.random.Generator, focus: bool) -> str:
+    """Half partial (each phrase kept with p = 0.5), half full; in the focus phase a third name one attribute."""
+    u = rng.random()
+    if focus and u < 1 / 3:
+        phrases = dom.phrases(record)
+        return dom.join([phrases[rng.integers(len(phrases))]])
+    return dom.caption(record, rng, keep=0.5) if u < (2 / 3 if focus else 0.5) else dom.caption(record)
 
 
 def train_clip(cfg: BuildConfig, minutes: float) -> dict:
@@ -630,23 +656,36 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
 
     model.train()
 
+    late = [d for n in doms if n != "scenes" for d in (n, "scenes")]  # faces, scenes, shapes, scenes
+
     def one_step(step):
-        name = doms[step % len(doms)]
+        focus = step >= cfg.clip_focus_from
+        if step < cfg.clip_decay_from:
+            name = doms[step % len(doms)]
+            lr = 5e-4 * min(1.0, (step + 1) / 200)
+        elif not focus:
+            name = late[step % len(late)]
+            u = min(step - cfg.clip_decay_from, cfg.clip_decay_steps) / cfg.clip_decay_steps
+            lr = 5e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
+        else:
+            name = late[step % len(late)]
+            u = min(step - cfg.clip_focus_from, cfg.clip_focus_steps) / cfg.clip_focus_steps
+            lr = cfg.clip_focus_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
         dom, d, rec = get_domain(name), data[name], lat[name]["recon"]
         n_pairs = int(cfg.clip_batch * cfg.clip_counterfactual) // 2
         n_plain = cfg.clip_batch - 2 * n_pairs
         idx = rng.integers(len(rec), size=n_plain)  # the reconstructed subset, shown as render or recon
         use_rec = rng.random(n_plain) < 0.5
         imgs = np.where(use_rec[:, None, None, None], rec[idx], d["images"][idx])
-        caps = [dom.caption(d["records"][i], rng, keep=0.5) if rng.random() < 0.5 else dom.caption(d["records"][i])
-                for i in idx]
+        caps = [_clip_caption(dom, d["records"][i], rng, focus) for i in idx]
         if n_pairs:
             # hard negatives: a record and its twin with one factor changed, both with full captions, so the
             # only thing that tells the two captions apart is the one attribute that differs in the images
             base = [dict(d["records"][i]) for i in rng.integers(len(d["records"]), size=n_pairs)]
             twins = []
+            weights = np.array([3.0 if focus and f.name in cfg.clip_twin_focus else 1.0 for f in dom.factors])
             for r in base:
-                f = dom.factors[rng.integers(len(dom.factors))]
+                f = dom.factors[rng.choice(len(dom.factors), p=weights / weights.sum())]
                 others = [v for v in f.values if v != r[f.name]]
                 twins.append(r | {f.name: others[rng.integers(len(others))]})
             pair_imgs = np.stack([np.asarray(im) for im in dom.render(base + twins)])
@@ -655,7 +694,6 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
         # identical captions in a batch are positives of each other, not negatives
         same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
-        lr = 5e-4 * min(1.0, (step + 1) / 200)
         for pg in opt.param_groups:
             pg["lr"] = lr
         img_f, txt_f, scale = model(_clip_pixels(imgs), tokenizer(caps))
@@ -718,9 +756,7 @@ def _record(cfg: BuildConfig, stage: str, result: dict) -> None:
     entry["minutes"] = entry["minutes"] + result.pop("minutes", 0.0)
     entry.update(result)
     entry["config"] = {k: v for k, v in asdict(cfg).items() if k != "work"}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(log, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, log)
 
 
 def run_stage(cfg: BuildConfig, stage: str, minutes: float, out: Path = ASSET_DIR) -> dict:

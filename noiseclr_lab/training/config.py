@@ -26,6 +26,8 @@ class TrainConfig:
     directions_per_step: int = 12  # M, directions drawn per step in the batched schedule (capped at K)
     tokens_per_iter: int = 20  # negatives per step in the official schedule (capped at K - 1)
     temperature: float = 0.5  # tau of the contrastive loss
+    patch_grid: int = 1  # > 1: the loss is averaged over g x g latent patches, each scored alone (an extension
+    # for local attributes; 1 = the whole latent, as the paper); latent side must be divisible by it
     lr: float = 1e-3  # AdamW learning rate (before scale_lr)
     scale_lr: bool = False  # multiply lr by grad_accum x processes, as the official code does
     weight_decay: float = 0.0  # AdamW weight decay on the direction embeddings
@@ -34,7 +36,7 @@ class TrainConfig:
     t_min: int = 0  # timesteps are drawn uniformly from [t_min, t_max)
     t_max: int = 1000  # (the official code uses the whole range)
     max_norm: float = 0.0  # > 0: after every step, directions longer than this are scaled back to it (0: free, as
-    # the official code); word embeddings of the toy text encoder have norm ~0.16, SD 1.5's ~0.39
+    # the official code); the toy text encoder's attribute words have norm ~0.45
     init: str = "random"  # "random" (N(0, init_std^2), official) or "mean-word" (mean word embedding + noise)
     init_std: float = 0.02  # std of the random initialisation
     num_images: int = 256  # images rendered for toy:<domain> data (ignored for folders)
@@ -67,6 +69,7 @@ class TrainConfig:
             (self.directions_per_step >= 2, "directions_per_step must be at least 2"),
             (self.tokens_per_iter >= 1, "tokens_per_iter must be positive"),
             (self.temperature > 0, "temperature must be positive"),
+            (self.patch_grid >= 1, "patch_grid must be positive"),
             (self.lr > 0, "lr must be positive"),
             (self.grad_accum >= 1, "grad_accum must be positive"),
             (0 <= self.t_min < self.t_max <= 1000, "need 0 <= t_min < t_max <= 1000"),

@@ -10,6 +10,11 @@ For an anchor direction k, with sim the cosine similarity of the flattened edits
 
 The official code uses one anchor per step (anchors=[0], column 0 the anchor, the rest its negatives);
 the batched schedule averages L_k over every drawn direction.
+
+With ``patch_grid`` g > 1 (an extension, not in the paper) the latent is cut into g x g patches and the loss
+is the mean of the loss computed on each patch alone: an edit that changes a small region (glasses, a mouth)
+then decides the similarities of its patches instead of being outweighed by edits that recolour the whole
+image; on aligned data (faces) the same region holds the same part in every image.
 """
 
 from __future__ import annotations
@@ -20,14 +25,24 @@ import torch
 import torch.nn.functional as F
 
 
-def noiseclr_loss(edits: torch.Tensor, temperature: float = 0.5, anchors: list[int] | None = None) -> torch.Tensor:
-    """Mean of L_k over ``anchors`` (default: every direction).
+def noiseclr_loss(edits: torch.Tensor, temperature: float = 0.5, anchors: list[int] | None = None,
+                  patch_grid: int = 1) -> torch.Tensor:
+    """Mean of L_k over ``anchors`` (default: every direction), and over patches when ``patch_grid`` > 1.
 
-    edits: (B, M, ...) edit vectors of B >= 2 images for M >= 2 directions. Returns a scalar.
+    edits: (B, M, ...) edit vectors of B >= 2 images for M >= 2 directions; (B, M, C, h, w) latents when
+    ``patch_grid`` > 1 (h and w divisible by it). Returns a scalar.
     """
     B, M = edits.shape[:2]
     if B < 2 or M < 2:
         raise ValueError(f"NoiseCLR needs at least 2 images and 2 directions per step, got B={B}, M={M}.")
+    if patch_grid > 1:
+        if edits.dim() != 5 or edits.shape[3] % patch_grid or edits.shape[4] % patch_grid:
+            raise ValueError(f"patch_grid {patch_grid} needs (B, M, C, h, w) edits with h and w divisible by it, "
+                             f"got shape {tuple(edits.shape)}.")
+        g = patch_grid
+        C, h, w = edits.shape[2:]
+        patches = edits.reshape(B, M, C, g, h // g, g, w // g).permute(3, 5, 0, 1, 2, 4, 6).reshape(g * g, B, M, -1)
+        return torch.stack([noiseclr_loss(p, temperature, anchors) for p in patches]).mean()
     f = F.normalize(edits.flatten(2).float(), dim=-1, eps=1e-12)  # (B, M, F)
     anchors = list(range(M)) if anchors is None else list(anchors)
     a = f[:, anchors]  # (B, A, F)

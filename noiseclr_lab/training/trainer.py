@@ -135,7 +135,10 @@ class Trainer:
         token_ids = pipe.tokenizer.convert_tokens_to_ids(self.tokens)
         self.D = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
 
-        res = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        side = int(pipe.unet.config.sample_size)
+        if side % cfg.patch_grid:
+            raise NoiseCLRLabError(f"patch_grid {cfg.patch_grid} does not divide the latent side {side}.")
+        res = side * int(pipe.vae_scale_factor)
         with acc.main_process_first():
             images, data_fp = load_training_images(cfg.data, res, cfg.num_images, cfg.seed, cfg.max_images)
             self.latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
@@ -299,7 +302,8 @@ class Trainer:
         if W > 1:  # all-gather the edits; only this process's slice carries gradient
             gathered = acc.gather(edits.detach().contiguous())
             edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
-        loss = noiseclr_loss(edits, c.temperature, anchors=None if c.schedule == "batched" else [0])
+        loss = noiseclr_loss(edits, c.temperature, anchors=None if c.schedule == "batched" else [0],
+                             patch_grid=c.patch_grid)
         return loss
 
     def run(self) -> Path:
