@@ -67,6 +67,8 @@ class BuildConfig:
     clip_focus_steps: int = 1300  # this many steps; a third of the plain captions name one attribute only, and
     clip_focus_lr: float = 2e-4  # counterfactual twins differ in a factor of clip_twin_focus three times as often
     clip_twin_focus: tuple[str, ...] = ("shape", "expression")
+    clip_shape_from: int = 4840  # second focus phase: lr restarts at clip_focus_lr, decays over clip_focus_steps;
+    # three of every four batches are scenes and twins differ in the shape kind three times as often as before
     clip_embed: int = 64
 
 
@@ -668,8 +670,10 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
             u = min(step - cfg.clip_decay_from, cfg.clip_decay_steps) / cfg.clip_decay_steps
             lr = 5e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
         else:
-            name = late[step % len(late)]
-            u = min(step - cfg.clip_focus_from, cfg.clip_focus_steps) / cfg.clip_focus_steps
+            shape_phase = step >= cfg.clip_shape_from
+            name = ("scenes" if step % 4 else doms[(step // 4) % len(doms)]) if shape_phase else late[step % len(late)]
+            u = step - (cfg.clip_shape_from if shape_phase else cfg.clip_focus_from)
+            u = min(u, cfg.clip_focus_steps) / cfg.clip_focus_steps
             lr = cfg.clip_focus_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
         dom, d, rec = get_domain(name), data[name], lat[name]["recon"]
         n_pairs = int(cfg.clip_batch * cfg.clip_counterfactual) // 2
@@ -684,6 +688,8 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
             base = [dict(d["records"][i]) for i in rng.integers(len(d["records"]), size=n_pairs)]
             twins = []
             weights = np.array([3.0 if focus and f.name in cfg.clip_twin_focus else 1.0 for f in dom.factors])
+            if step >= cfg.clip_shape_from:
+                weights *= np.array([3.0 if f.name == "shape" else 1.0 for f in dom.factors])
             for r in base:
                 f = dom.factors[rng.choice(len(dom.factors), p=weights / weights.sum())]
                 others = [v for v in f.values if v != r[f.name]]
