@@ -46,6 +46,7 @@ def _step(trainer: Trainer, step: int) -> float:
     trainer.acc.backward(loss)
     trainer.opt.step()
     trainer.opt.zero_grad(set_to_none=True)
+    trainer.constrain()
     return loss.item()
 
 

@@ -306,6 +306,13 @@ class Trainer:
                              patch_grid=c.patch_grid)
         return loss
 
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """After an optimiser step: scale directions longer than ``max_norm`` back to it (no-op when 0)."""
+        if self.cfg.max_norm > 0:
+            d = self.acc.unwrap_model(self.encoder).directions
+            d.mul_((self.cfg.max_norm / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+
     def run(self) -> Path:
         acc, c = self.acc, self.cfg
         if acc.is_main_process:
@@ -338,10 +345,7 @@ class Trainer:
                 total += loss.item() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            if c.max_norm > 0:
-                with torch.no_grad():
-                    d = acc.unwrap_model(self.encoder).directions
-                    d.mul_((c.max_norm / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+            self.constrain()
             done = step + 1
             images += c.batch_size * acc.num_processes * c.grad_accum
             bar.update(1)
