@@ -87,6 +87,11 @@ def _load_ckpt(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.exists() else None
 
 
+def _cosine_floor(done: float, total: float) -> float:
+    """Cosine decay factor from 1 to 0.1 over ``total`` steps (0.1 after), used by every builder's lr schedule."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(done, total) / total))
+
+
 def _timeboxed(name: str, minutes: float, step: int, one_step, save, save_every: float = 180.0) -> int:
     """Run ``one_step(step) -> postfix dict`` until ``minutes`` pass, calling ``save(step)`` every
     ``save_every`` seconds and at the end; returns the step count reached."""
@@ -189,7 +194,7 @@ def train_vae(cfg: BuildConfig, minutes: float) -> dict:
         oy, ox = torch.randint(0, 64 - c + 1, (2,), generator=g).tolist()
         x = x[:, :, oy : oy + c, ox : ox + c]
         # cosine decay over a nominal 6000 steps, floor at 10%
-        lr = cfg.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, 6000) / 6000)))
+        lr = cfg.vae_lr * _cosine_floor(step, 6000)
         for pg in opt.param_groups:
             pg["lr"] = lr
         post = vae.encode(x).latent_dist
@@ -464,7 +469,7 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
         noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(z0),), generator=g).to(dev)
         zt = sched.add_noise(z0, noise, t)
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_decay_steps) / cfg.unet_decay_steps))
+        decay = _cosine_floor(step, cfg.unet_decay_steps)
         lr = cfg.unet_lr * min(1.0, (step + 1) / 200) * decay
         if step >= cfg.unet_layout_lr_from:
             lr = cfg.unet_layout_lr
@@ -667,14 +672,12 @@ def train_clip(cfg: BuildConfig, minutes: float) -> dict:
             lr = 5e-4 * min(1.0, (step + 1) / 200)
         elif not focus:
             name = late[step % len(late)]
-            u = min(step - cfg.clip_decay_from, cfg.clip_decay_steps) / cfg.clip_decay_steps
-            lr = 5e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
+            lr = 5e-4 * _cosine_floor(step - cfg.clip_decay_from, cfg.clip_decay_steps)
         else:
             shape_phase = step >= cfg.clip_shape_from
             name = ("scenes" if step % 4 else doms[(step // 4) % len(doms)]) if shape_phase else late[step % len(late)]
-            u = step - (cfg.clip_shape_from if shape_phase else cfg.clip_focus_from)
-            u = min(u, cfg.clip_focus_steps) / cfg.clip_focus_steps
-            lr = cfg.clip_focus_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
+            start = cfg.clip_shape_from if shape_phase else cfg.clip_focus_from
+            lr = cfg.clip_focus_lr * _cosine_floor(step - start, cfg.clip_focus_steps)
         dom, d, rec = get_domain(name), data[name], lat[name]["recon"]
         n_pairs = int(cfg.clip_batch * cfg.clip_counterfactual) // 2
         n_plain = cfg.clip_batch - 2 * n_pairs
