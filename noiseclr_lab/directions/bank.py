@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import atomic_target
 
 FORMAT_VERSION = 1
 METADATA_KEY = "noiseclr_lab"
@@ -41,12 +42,8 @@ def text_encoder_hidden_size(text_encoder) -> int:
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors save to a temporary sibling, then rename over ``path``: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_target(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

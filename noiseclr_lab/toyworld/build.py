@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from noiseclr_lab.fileio import write_json_atomic
+from noiseclr_lab.fileio import atomic_target, write_json_atomic
 from noiseclr_lab.toyworld.domains import get_domain, list_domains
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
@@ -78,9 +78,8 @@ def _log(msg: str) -> None:
 
 def atomic_save(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load_ckpt(path: Path) -> dict | None:
