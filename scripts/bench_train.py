@@ -5,11 +5,13 @@ Two measurements:
   throughput   step time at equal work: both schedules compute M directions' edits per step
                (batched: M anchors in one UNet call; official: 1 anchor + M-1 negatives, one call each).
                Prints steps/s, edits/s, the ratio; on CUDA also peak memory and MFU.
-  to-score     wall time to reach the same ground-truth score on the toy faces model: both schedules train
-               for --minutes each, checkpointing every --every steps; every checkpoint is scored with the
-               toy probe (score = covered factors + mean modularity of all K directions, inactive ones
-               counting 0); the report gives the time each needs to reach the best score the official run
-               reaches.
+  to-score     wall time to reach the same ground-truth score on the toy faces model: each schedule trains
+               for --minutes per training seed (--train-seeds), checkpointing every --every steps (batched:
+               the toy-faces preset as the demo runs it; official: 1 anchor + min(20, K-1) others per step,
+               one UNet call each, as the released code); every checkpoint is scored with the toy probe
+               (--eval-seeds seeds; score = covered factors + mean modularity of all K directions, inactive
+               ones counting 0), smoothed over the last --smooth checkpoints and averaged over training
+               seeds; the report gives the time each schedule needs to reach the official's best.
 
     python scripts/bench_train.py throughput                      # toy model, CPU
     python scripts/bench_train.py throughput --model sd15-random --device cuda --mixed-precision bf16
@@ -107,49 +109,79 @@ def _save_sd15_random(args) -> str:
     return str(folder)
 
 
+def _train_curve(args, schedule: str, seed: int, out: Path) -> list[tuple[int, float]]:
+    """Train one schedule for ``--minutes``, checkpointing every ``--every`` steps; (step, seconds) pairs."""
+    # the toy-faces recipe (batched: its M directions per step); official: 1 anchor + tokens_per_iter others
+    cfg = TrainConfig.from_dict(load_preset("toy-faces") | dict(
+        out=str(out), num_directions=args.directions, tokens_per_iter=min(20, args.directions - 1), schedule=schedule,
+        batch_size=args.batch_size, steps=10**6, lr=args.lr, temperature=args.temperature, seed=seed,
+        checkpoint_every=args.every, keep_checkpoints=10**6, validate_every=0, device="cpu", cache_dir=args.cache_dir)
+        | ({"directions_per_step": args.batched_m} if args.batched_m else {}))
+    tr = Trainer(cfg)
+    t0, step, points = time.perf_counter(), 0, []
+    while time.perf_counter() - t0 < args.minutes * 60:
+        _step(tr, step)
+        step += 1
+        if step % args.every == 0:
+            points.append((step, time.perf_counter() - t0))  # checkpoint writing is not timed
+            tr.save_checkpoint(step)
+    return points
+
+
+def smoothed(scores: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` checkpoints (fewer at the start)."""
+    return [sum(scores[max(0, i - window + 1): i + 1]) / len(scores[max(0, i - window + 1): i + 1])
+            for i in range(len(scores))]
+
+
 def to_score(args) -> dict:
     from noiseclr_lab.analysis.groundtruth import evaluate_gt
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    curves = {}
+    seeds = [int(x) for x in args.train_seeds.split(",")]
+    scales = [float(x) for x in args.eval_scales.split(",")]
+    runs = {}
     for schedule in ("batched", "official"):
-        # the toy-faces recipe; both schedules see all K directions' edits every step
-        cfg = TrainConfig.from_dict(load_preset("toy-faces") | dict(
-            out=str(work / schedule), num_directions=args.directions, directions_per_step=args.directions,
-            tokens_per_iter=min(20, args.directions - 1), schedule=schedule, batch_size=args.batch_size,
-            steps=10**6, lr=args.lr, temperature=args.temperature, checkpoint_every=args.every,
-            keep_checkpoints=10**6, validate_every=0, device="cpu", cache_dir=args.cache_dir))
-        tr = Trainer(cfg)
-        t0, step, points = time.perf_counter(), 0, []
-        while time.perf_counter() - t0 < args.minutes * 60:
-            _step(tr, step)
-            step += 1
-            if step % args.every == 0:
-                points.append((step, time.perf_counter() - t0))
-                tr.save_checkpoint(step)
-        curve = []
-        for s, t in points:
-            ck = work / schedule / "checkpoints" / f"step-{s}"
-            shutil.copy(ck / "directions.safetensors", work / schedule / "directions.safetensors")
-            res = evaluate_gt(work / schedule, "faces", seeds=args.eval_seeds, steps=args.eval_steps, baselines=[],
-                              scales=[float(x) for x in args.eval_scales.split(",")], progress=False)
-            m = res["banks"]["trained"]["metrics"]
-            curve.append({"step": s, "seconds": t, "coverage": m["coverage"], "modularity": m["modularity_all"],
-                          "score": m["coverage"] + m["modularity_all"]})
-            print(f"{schedule:>9} step {s:>5} {t:>7.1f}s coverage {m['coverage']:.0f} modularity(all) "
-                  f"{m['modularity_all']:.2f}", flush=True)
-        curves[schedule] = curve
-    target = max(p["score"] for p in curves["official"])
+        for seed in seeds:
+            out = work / f"{schedule}-{seed}"
+            points = _train_curve(args, schedule, seed, out)
+            curve = []
+            for s, t in points:
+                shutil.copy(out / "checkpoints" / f"step-{s}" / "directions.safetensors", out / "directions.safetensors")
+                res = evaluate_gt(out, "faces", seeds=args.eval_seeds, steps=args.eval_steps, baselines=[],
+                                  scales=scales, progress=False)
+                m = res["banks"]["trained"]["metrics"]
+                curve.append({"step": s, "seconds": t, "coverage": m["coverage"], "modularity": m["modularity_all"],
+                              "score": m["coverage"] + m["modularity_all"]})
+                print(f"{schedule:>9} seed {seed} step {s:>5} {t:>7.1f}s coverage {m['coverage']:.0f} "
+                      f"modularity(all) {m['modularity_all']:.2f}", flush=True)
+            runs[f"{schedule}-{seed}"] = curve
+
+    def mean_curve(schedule):
+        # checkpoint i of every training seed: mean time and mean smoothed score
+        curves = [runs[f"{schedule}-{s}"] for s in seeds]
+        n = min(len(c) for c in curves)
+        sm = [smoothed([p["score"] for p in c], args.smooth) for c in curves]
+        return [{"step": curves[0][i]["step"], "seconds": sum(c[i]["seconds"] for c in curves) / len(curves),
+                 "score": sum(s[i] for s in sm) / len(sm)} for i in range(n)]
+
+    mean = {sch: mean_curve(sch) for sch in ("batched", "official")}
+    target = max(p["score"] for p in mean["official"])
 
     def time_to(curve):
         hit = [p["seconds"] for p in curve if p["score"] >= target]
         return hit[0] if hit else float("inf")
 
-    tb, to = time_to(curves["batched"]), time_to(curves["official"])
-    print(f"target score (best official: coverage + modularity of all) {target:.2f}: batched {tb:.0f}s, official {to:.0f}s, "
-          f"ratio {to / tb:.2f}x")
-    return {"curves": curves, "target": target, "batched_s": tb, "official_s": to, "ratio": to / tb}
+    tb, to = time_to(mean["batched"]), time_to(mean["official"])
+    for sch in ("batched", "official"):
+        print(f"{sch:>9} smoothed score (mean of {len(seeds)} training seeds, trailing {args.smooth}): "
+              + " ".join(f"{p['score']:.2f}@{p['seconds']:.0f}s" for p in mean[sch]))
+    best_b = max(p["score"] for p in mean["batched"])
+    print(f"target score (best smoothed official: coverage + modularity of all) {target:.2f}: batched {tb:.0f}s, "
+          f"official {to:.0f}s, ratio {to / tb:.2f}x (batched best {best_b:.2f})")
+    return {"runs": runs, "mean": mean, "target": target, "batched_s": tb, "official_s": to, "ratio": to / tb,
+            "settings": vars(args)}
 
 
 def main(argv=None) -> int:
@@ -169,7 +201,10 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=50, help="to-score: steps between scored checkpoints")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--temperature", type=float, default=0.1, help="to-score: tau of both schedules")
-    p.add_argument("--eval-seeds", type=int, default=8)
+    p.add_argument("--eval-seeds", type=int, default=12)
+    p.add_argument("--train-seeds", default="0,1", help="to-score: training seeds per schedule (curves are averaged)")
+    p.add_argument("--smooth", type=int, default=3, help="to-score: trailing checkpoints averaged into one score")
+    p.add_argument("--batched-m", type=int, default=0, help="to-score: batched directions per step (0: the preset's)")
     p.add_argument("--eval-scales", default="-6,-3,3,6")
     p.add_argument("--eval-steps", type=int, default=15)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "noiseclr_bench_train"))

@@ -75,6 +75,22 @@ def test_resume_and_restart_guards(cfg, tmp_path):
         Trainer(cfg(steps=4, lr=5e-3), resume=True)
 
 
+def test_batched_single_anchor_computes_the_official_loss(cfg, tmp_path):
+    """anchors_per_step=1: the official loss (one anchor, the rest negatives) in one UNet call per step."""
+    off = Trainer(cfg(schedule="official", tokens_per_iter=3, out=str(tmp_path / "off")))
+    one = Trainer(cfg(schedule="batched", directions_per_step=4, anchors_per_step=1, out=str(tmp_path / "one")))
+    every = Trainer(cfg(schedule="batched", directions_per_step=4, out=str(tmp_path / "all")))
+    with torch.no_grad():
+        for step in range(3):
+            d = off.draw(step, 0)
+            assert torch.equal(d["dirs"], one.draw(step, 0)["dirs"])
+            lo, l1, la = off.loss_for(d).item(), one.loss_for(d).item(), every.loss_for(d).item()
+            assert abs(lo - l1) < 1e-4 * max(1.0, abs(lo)) and abs(lo - la) > 1e-3
+    assert one.anchors(4) == [0] and every.anchors(4) is None and one.anchors(1) is None
+    with pytest.raises(NoiseCLRLabError, match="anchors_per_step"):
+        cfg(anchors_per_step=-1)
+
+
 def test_extensions_max_norm_and_patch_loss(cfg):
     run = train(cfg(steps=3, lr=0.2, max_norm=0.05, patch_grid=2, checkpoint_every=0))
     norms = DirectionBank.load(run / "directions.safetensors").embeddings.norm(dim=1)

@@ -24,6 +24,8 @@ class TrainConfig:
     batch_size: int = 6  # B, images per step per process (the official default)
     schedule: str = "batched"  # "batched" (M anchors, one UNet call) or "official" (1 anchor + tokens_per_iter)
     directions_per_step: int = 12  # M, directions drawn per step in the batched schedule (capped at K)
+    anchors_per_step: int = 0  # A, how many of the M drawn directions are anchors of the batched loss (0: all M;
+    # 1: the official loss, computed in one UNet call); the others serve as negatives only
     tokens_per_iter: int = 20  # negatives per step in the official schedule (capped at K - 1)
     temperature: float = 0.5  # tau of the contrastive loss
     patch_grid: int = 1  # > 1: the loss is averaged over g x g latent patches, each scored alone (an extension
@@ -67,6 +69,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be positive"),
             (self.schedule in ("batched", "official"), f"schedule must be 'batched' or 'official', not {self.schedule!r}"),
             (self.directions_per_step >= 2, "directions_per_step must be at least 2"),
+            (self.anchors_per_step >= 0, "anchors_per_step must be >= 0 (0: every drawn direction)"),
             (self.tokens_per_iter >= 1, "tokens_per_iter must be positive"),
             (self.temperature > 0, "temperature must be positive"),
             (self.patch_grid >= 1, "patch_grid must be positive"),

@@ -302,9 +302,17 @@ class Trainer:
         if W > 1:  # all-gather the edits; only this process's slice carries gradient
             gathered = acc.gather(edits.detach().contiguous())
             edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
-        loss = noiseclr_loss(edits, c.temperature, anchors=None if c.schedule == "batched" else [0],
-                             patch_grid=c.patch_grid)
+        loss = noiseclr_loss(edits, c.temperature, anchors=self.anchors(M), patch_grid=c.patch_grid)
         return loss
+
+    def anchors(self, m: int) -> list[int] | None:
+        """Anchor columns of the loss among the m drawn directions (drawn in random order, so the first A are
+        a random subset); None means all."""
+        c = self.cfg
+        if c.schedule == "official":
+            return [0]
+        a = c.anchors_per_step
+        return None if a == 0 or a >= m else list(range(a))
 
     @torch.no_grad()
     def constrain(self) -> None:
