@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_positive_int, default=12, help="seeds per direction and scale (at least 2)")
     s.add_argument("--noise-z", type=float, default=1.0,
                    help="standard errors subtracted from every mean probe change (0: raw means)")
-    s.add_argument("--edit-start", type=int, default=0, help="denoising step from which edits are applied")
+    s.add_argument("--edit-start", type=int, default=None,
+                   help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
     s.add_argument("--scales", type=_float_list, default=[-6.0, -3.0, -1.5, 1.5, 3.0, 6.0],
                    help="scale sweep, e.g. --scales=-6,-3,3,6 (each direction is scored at its gentlest visible scale)")
     s.add_argument("--steps", type=_positive_int, default=15, help="denoising steps")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseclr_lab.analysis.groundtruth import calibrate, effect_heatmap, list_baselines
+from noiseclr_lab.analysis.groundtruth import calibrate, default_edit_start, effect_heatmap, list_baselines
 
 
 def test_calibration_picks_the_gentlest_visible_scale():
@@ -16,6 +16,10 @@ def test_calibration_picks_the_gentlest_visible_scale():
     eff, chosen = calibrate(sweep, scales, threshold=0.3)
     assert chosen == [-4.0, 4.0]
     assert np.allclose(eff[0], [0, 0.5, 0.05]) and np.allclose(eff[1], [0.2, 0, 0])
+
+
+def test_default_edit_window_skips_the_first_fifth_of_the_steps():
+    assert [default_edit_start(n) for n in (10, 15, 25, 50)] == [2, 3, 5, 10]  # SEGA: 10 of 50
 
 
 def test_baselines_registered_and_heatmap_draws():

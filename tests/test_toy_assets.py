@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.models import load_pipeline
 from noiseclr_lab.toyworld import ASSET_DIR, get_domain, list_domains, load_clip, load_probe, toy_assets_info
 
@@ -110,6 +111,8 @@ def test_gt_scores_word_directions_above_random(toy_pipe):
                            None, toy_pipe, "faces")
     kw = dict(scales=[-6.0, -3.0, 3.0, 6.0], seeds=8, prompt="a cartoon face", guidance=3.0, steps=10,
               progress=False)
+    with pytest.raises(NoiseCLRLabError, match="edit_start"):
+        score_bank(toy_pipe, sup, probe, **kw, edit_start=10)
     res = score_bank(toy_pipe, sup, probe, **kw)
     named = sum(d["main_factor"] == d["label"].split("=")[0] for d in res["directions"])
     assert named >= 4, res["directions"]

@@ -18,6 +18,10 @@ is taken at a per-direction calibrated scale: the gentlest |s| at which the dire
 factor (max_f E_s[k, f] >= threshold), else the scale where it moves most. Metrics then come from
 ``noiseclr_lab.analysis.metrics``; baselines (random directions with the trained norms, the untrained
 initial bank, and a supervised bank of the toy text encoder's own attribute words) are scored the same way.
+
+Edits are applied as users apply them (the official editing pipeline's start_step, SEGA's edit warm-up): by
+default from denoising step ``round(0.2 * steps)`` on, so the first steps, where the layout of the image is
+decided, run unedited. ``edit_start=0`` edits every step.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ from noiseclr_lab.registry import Registry
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 CALIBRATION_THRESHOLD = 0.3
 NOISE_Z = 1.0  # standard errors subtracted from every mean change (see the module docstring)
+EDIT_WARMUP = 0.2  # default share of the first denoising steps without edits (SEGA's edit_warmup_steps 10 of 50)
+
+
+def default_edit_start(steps: int) -> int:
+    """The denoising step edits start at by default: after the first ``EDIT_WARMUP`` of ``steps``, where the
+    layout is decided (the official editing pipeline's start_step; SEGA's edit warm-up)."""
+    return int(round(EDIT_WARMUP * steps))
 
 
 @torch.no_grad()
@@ -158,13 +169,18 @@ register_baseline("supervised", _supervised_bank)
 
 def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: int = 12, prompt: str = "",
                guidance: float = 3.0, steps: int = 15, threshold: float = CALIBRATION_THRESHOLD,
-               progress: bool = True, noise_z: float = NOISE_Z, edit_start: int = 0) -> dict:
+               progress: bool = True, noise_z: float = NOISE_Z, edit_start: int | None = None) -> dict:
     """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix
-    (``metrics_raw``: the same scored on raw mean changes, at the same calibrated scales)."""
+    (``metrics_raw``: the same scored on raw mean changes, at the same calibrated scales). Edits are applied
+    from denoising step ``edit_start`` on (None: ``default_edit_start(steps)``)."""
     from noiseclr_lab.editing import EditPipeline
 
     if seeds < 2:
         raise NoiseCLRLabError(f"ground-truth scoring needs at least 2 seeds (got {seeds}).")
+    if edit_start is None:
+        edit_start = default_edit_start(steps)
+    if not 0 <= edit_start < steps:
+        raise NoiseCLRLabError(f"edit_start must be a denoising step in [0, {steps}), got {edit_start}.")
     ep = EditPipeline(pipe, bank)
     sweep, raw = effect_sweep(ep, probe, scales, seeds, prompt, guidance, steps, progress, noise_z, edit_start)
     eff, chosen = calibrate(sweep, scales, threshold)
@@ -188,7 +204,7 @@ def score_bank(pipe, bank: DirectionBank, probe, scales=DEFAULT_SCALES, seeds: i
 
 def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 12, scales=DEFAULT_SCALES, steps: int = 15,
                 prompt: str | None = None, guidance: float = 3.0, baselines=("random", "init", "supervised"),
-                device=None, progress: bool = True, noise_z: float = NOISE_Z, edit_start: int = 0) -> dict:
+                device=None, progress: bool = True, noise_z: float = NOISE_Z, edit_start: int | None = None) -> dict:
     """Score a run's directions and the baselines against the toy probe; writes analysis/gt_metrics.json and
     analysis/gt_effects.png. Returns the JSON content."""
     from noiseclr_lab.models import load_pipeline
@@ -207,6 +223,7 @@ def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 12, sca
     pipe.noiseclr_spec = model
     probe = load_probe(domain, device=pipe.device)
     prompt = dom.prefix if prompt is None else prompt
+    edit_start = default_edit_start(steps) if edit_start is None else edit_start
     kw = dict(scales=list(scales), seeds=seeds, prompt=prompt, guidance=guidance, steps=steps, progress=progress,
               noise_z=noise_z, edit_start=edit_start)
     results = {"trained": score_bank(pipe, bank, probe, **kw)}
