@@ -118,12 +118,13 @@ def _train_curve(args, schedule: str, seed: int, out: Path) -> list[tuple[int, f
         checkpoint_every=args.every, keep_checkpoints=10**6, validate_every=0, device="cpu", cache_dir=args.cache_dir)
         | ({"directions_per_step": args.batched_m} if args.batched_m else {}))
     tr = Trainer(cfg)
-    t0, step, points = time.perf_counter(), 0, []
-    while time.perf_counter() - t0 < args.minutes * 60:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t0, step, points = clock(), 0, []
+    while clock() - t0 < args.minutes * 60:
         _step(tr, step)
         step += 1
         if step % args.every == 0:
-            points.append((step, time.perf_counter() - t0))  # checkpoint writing is not timed
+            points.append((step, clock() - t0))  # checkpoint writing is not timed
             tr.save_checkpoint(step)
     return points
 
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-seeds", type=int, default=12)
     p.add_argument("--train-seeds", default="0,1", help="to-score: training seeds per schedule (curves are averaged)")
     p.add_argument("--smooth", type=int, default=3, help="to-score: trailing checkpoints averaged into one score")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="to-score: time training by wall clock, or by this process's CPU time (fair on a shared machine)")
     p.add_argument("--batched-m", type=int, default=0, help="to-score: batched directions per step (0: the preset's)")
     p.add_argument("--eval-scales", default="-6,-3,3,6")
     p.add_argument("--eval-steps", type=int, default=15)
