@@ -3,7 +3,7 @@
 Two measurements:
 
   throughput   step time at equal work: both schedules compute M directions' edits per step
-               (batched: M anchors in one UNet call; official: 1 anchor + M-1 negatives, one call each).
+               (batched: M directions in one UNet call; official: 1 anchor + M-1 negatives, one call each).
                Prints steps/s, edits/s, the ratio; on CUDA also peak memory and MFU.
   to-score     wall time to reach the same ground-truth score on the toy faces model: each schedule trains
                for --minutes per training seed (--train-seeds), checkpointing every --every steps (batched:
@@ -11,7 +11,9 @@ Two measurements:
                one UNet call each, as the released code); every checkpoint is scored with the toy probe
                (--eval-seeds seeds; score = covered factors + mean modularity of all K directions, inactive
                ones counting 0), smoothed over the last --smooth checkpoints and averaged over training
-               seeds; the report gives the time each schedule needs to reach the official's best.
+               seeds; the report gives the time each schedule needs to reach the official's best
+               (--clock cpu times by this process's CPU time instead of the wall clock: use it with
+               one thread on a machine that other jobs share).
 
     python scripts/bench_train.py throughput                      # toy model, CPU
     python scripts/bench_train.py throughput --model sd15-random --device cuda --mixed-precision bf16
