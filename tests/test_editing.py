@@ -71,6 +71,20 @@ def test_windows(tiny_pipe):
     assert not torch.allclose(early, plain, atol=1e-5) and not torch.allclose(early, full, atol=1e-5)
 
 
+def test_a_stopped_run_continues_to_the_same_image(tiny_pipe):
+    """stop_step k + latents/start_step k reproduce one uninterrupted run (the evaluation shares warm-ups)."""
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    edit = dict(edits={"<d2>": 5.0}, windows={"<d2>": (3, STEPS)})
+    full = _run(ep, prompt="a face", **edit)
+    warm = ep("a face", num_inference_steps=STEPS, generator=_gen(), stop_step=3, output_type="latent").images
+    cont = ep("a face", num_inference_steps=STEPS, latents=warm, start_step=3, output_type="pt", **edit).images
+    assert torch.allclose(cont, full, atol=1e-5)
+    with pytest.raises(NoiseCLRLabError, match="start_step"):
+        ep("a face", num_inference_steps=STEPS, start_step=3)  # nothing to continue from
+    with pytest.raises(NoiseCLRLabError, match="stop_step"):
+        ep("a face", num_inference_steps=STEPS, generator=_gen(), stop_step=STEPS + 1)
+
+
 def test_composition_is_not_either_edit_alone(tiny_pipe):
     ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
     a, b = _run(ep, edits={"<d1>": 3.0}), _run(ep, edits={"<d2>": 3.0})

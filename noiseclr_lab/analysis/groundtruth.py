@@ -66,15 +66,23 @@ def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: fl
     def gens():
         return [torch.Generator().manual_seed(s) for s in range(seeds)]
 
-    base = edit_pipe([prompt] * seeds, generator=gens(), num_inference_steps=steps, guidance_scale=guidance,
-                     output_type="pt").images
+    common = dict(num_inference_steps=steps, guidance_scale=guidance)
+    # the unedited warm-up steps are the same for every direction and scale: run them once per seed
+    warm = None if edit_start == 0 else edit_pipe([prompt] * seeds, generator=gens(), stop_step=edit_start,
+                                                  output_type="latent", **common).images
+
+    def start(reps: int) -> dict:  # where a batch of reps x seeds images begins
+        if warm is None:
+            return {"generator": [g for _ in range(reps) for g in gens()]}
+        return {"latents": warm.repeat(reps, 1, 1, 1), "start_step": edit_start}
+
+    base = edit_pipe([prompt] * seeds, output_type="pt", **start(1), **common).images
     p0 = probe.predict(base).probs
     out, raw = np.zeros((n, len(bank), len(factors))), np.zeros((n, len(bank), len(factors)))
     for k, tok in enumerate(tqdm(bank.tokens, desc="effect sweep", disable=not progress, leave=False)):
         lam = [float(s) for s in scales for _ in range(seeds)]
         imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, windows={tok: (edit_start, steps)},
-                         generator=[g for _ in scales for g in gens()], num_inference_steps=steps,
-                         guidance_scale=guidance, output_type="pt").images
+                         output_type="pt", **start(n), **common).images
         p1 = probe.predict(imgs).probs
         for j, f in enumerate(factors):
             out[:, k, j], raw[:, k, j] = probe_effect(p1[f].reshape(n, seeds, -1), p0[f], noise_z)

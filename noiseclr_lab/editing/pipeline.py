@@ -165,11 +165,16 @@ class EditPipeline:
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
         inversion: Inversion | None = None,
+        start_step: int = 0,
+        stop_step: int | None = None,
     ) -> EditOutput:
         """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
 
         Without edits the result is the plain (CFG) sample of the same seed. With ``inversion`` the loop starts
         from the inverted noise, uses the inversion's steps and runs without CFG (w = 1), as in the paper.
+        ``start_step`` / ``stop_step`` run only the denoising steps [start_step, stop_step): a run stopped at k
+        with ``output_type="latent"`` gives the latents another run continues from (``latents=``, ``start_step=k``),
+        so steps that several edits share (an edit warm-up) are computed once.
         """
         pipe = self.pipe
         if inversion is not None:
@@ -182,6 +187,12 @@ class EditPipeline:
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         B = len(prompts)
         self.check_inputs(prompt, num_inference_steps, guidance_scale, output_type, latents, B)
+        stop_step = num_inference_steps if stop_step is None else stop_step
+        if not 0 <= start_step <= stop_step <= num_inference_steps:
+            raise NoiseCLRLabError(f"need 0 <= start_step <= stop_step <= num_inference_steps ({num_inference_steps}), "
+                                   f"got start_step {start_step}, stop_step {stop_step}.")
+        if start_step > 0 and (latents is None or inversion is not None):
+            raise NoiseCLRLabError("start_step > 0 continues a stopped run: pass its latents (and no inversion).")
         spec = self.resolve_edits(edits, windows, num_inference_steps)
         lam = {}  # token -> float, or (B, 1, 1, 1) per-image scales
         for tok, e in spec.items():
@@ -204,7 +215,7 @@ class EditPipeline:
             raise NoiseCLRLabError("The inversion was made with another noise schedule than this pipeline's.")
         dtype = pipe.unet.dtype
         h = w = self.resolution
-        if inversion is not None:
+        if inversion is not None or start_step > 0:
             z = latents.to(self.device, dtype)
         else:
             z = pipe.prepare_latents(B, pipe.unet.config.in_channels, h, w, dtype, self.device, generator,
@@ -230,6 +241,8 @@ class EditPipeline:
 
         calls = 0
         for i, t in enumerate(timesteps):
+            if not start_step <= i < stop_step:
+                continue
             active = [j for j, tok in enumerate(tokens) if spec[tok]["window"][0] <= i < spec[tok]["window"][1]
                       and (bool((lam[tok] != 0).any()) if torch.is_tensor(lam[tok]) else lam[tok] != 0.0)]
             rows = list(range(i_dir0)) + [i_dir0 + j for j in active]
