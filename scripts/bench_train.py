@@ -133,8 +133,8 @@ def _train_curve(args, schedule: str, seed: int, out: Path) -> list[tuple[int, f
 
 def smoothed(scores: list[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` checkpoints (fewer at the start)."""
-    return [sum(scores[max(0, i - window + 1): i + 1]) / len(scores[max(0, i - window + 1): i + 1])
-            for i in range(len(scores))]
+    tails = [scores[max(0, i - window + 1): i + 1] for i in range(len(scores))]
+    return [sum(t) / len(t) for t in tails]
 
 
 def to_score(args) -> dict:
