@@ -2,9 +2,10 @@
 
 Two measurements:
 
-  throughput   step time at equal work: both schedules compute M directions' edits per step
-               (batched: M directions in one UNet call; official: 1 anchor + M-1 negatives, one call each).
-               Prints steps/s, edits/s, the ratio; on CUDA also peak memory and MFU.
+  throughput   step time at equal work: every contender computes M directions' edits per step
+               (batched: M directions in one UNet call; official: 1 anchor + M-1 negatives, one call each;
+               release: the official schedule done the way the released training script does it, see
+               ReleaseStep). Prints s/step, edits/s, the ratios; on CUDA also peak memory and MFU.
   to-score     wall time to reach the same ground-truth score on the toy faces model: each schedule trains
                for --minutes per training seed (--train-seeds), checkpointing every --every steps (batched:
                the toy-faces preset as the demo runs it; official: 1 anchor + min(20, K-1) others per step,
@@ -54,12 +55,89 @@ def _step(trainer: Trainer, step: int) -> float:
     return loss.item()
 
 
-def _flops_per_step(trainer: Trainer) -> float:
+def _flops_per_step(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        _step(trainer, 10**5)
+        step(10**5)
     return float(fc.get_total_flops())
+
+
+class ReleaseStep:
+    """One step of the official schedule done the way the released training script does it (gemlab-vt/NoiseCLR,
+    core/trainer.py), rebuilt here from its description to time it on the same model and batch:
+
+    - the image batch is VAE-encoded on every step (a latent is sampled from the posterior; nothing is cached);
+    - the trainable parameter is the text encoder's whole token-embedding table, so the empty prompt's text
+      encoding and UNet call run with autograd on and are part of the backward pass;
+    - the anchor and each of the M-1 negatives take one text-encoder call and one UNet call each;
+    - AdamW steps the whole table, after which every row except the direction tokens' is restored.
+
+    The loss is the official schedule's (noiseclr_loss with one anchor), so only the cost differs.
+    """
+
+    def __init__(self, args, m: int):
+        from noiseclr_lab.models import load_pipeline
+        from noiseclr_lab.training.data import load_training_images
+
+        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.pipe = pipe = load_pipeline(args.model, device=dev, dtype=dtype)
+        self.m, self.b, self.dev, self.dtype, self.temperature = m, args.batch_size, dev, dtype, args.temperature
+        te, tok = pipe.text_encoder.float(), pipe.tokenizer
+        for mod in (pipe.unet, pipe.vae, te):
+            mod.requires_grad_(False)
+        tokens = [f"<release{i}>" for i in range(max(m, args.directions))]
+        tok.add_tokens(tokens)
+        te.resize_token_embeddings(len(tok), mean_resizing=False)
+        self.table = te.get_input_embeddings().weight
+        self.table.requires_grad_(True)
+        ids = tok.convert_tokens_to_ids(tokens)
+        with torch.no_grad():
+            self.table[ids] = torch.randn(len(ids), self.table.shape[1], device=dev) * 0.02
+        self.frozen = torch.ones(len(tok), dtype=torch.bool, device=dev)
+        self.frozen[ids] = False
+        self.original = self.table.detach().clone()
+        self.tokens = tokens
+        self.opt = torch.optim.AdamW([self.table], lr=args.lr)
+        if args.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            pipe.unet.train()
+            te.gradient_checkpointing_enable()
+        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        images, _ = load_training_images(args.data, side, max(64, args.batch_size), 0)
+        self.pixels = pipe.image_processor.preprocess(images)  # (N, 3, H, W) in [-1, 1], on the CPU
+        from diffusers import DDPMScheduler
+
+        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        tok = self.pipe.tokenizer
+        ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                  return_tensors="pt").input_ids.to(self.dev)
+        return self.pipe.text_encoder(ids)[0].to(self.dtype)
+
+    def __call__(self, step: int) -> float:
+        from noiseclr_lab.training.loss import noiseclr_loss
+
+        pipe, B = self.pipe, self.b
+        g = torch.Generator().manual_seed(step)
+        x = self.pixels[torch.randperm(len(self.pixels), generator=g)[:B]].to(self.dev, self.dtype)
+        with torch.no_grad():
+            z0 = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
+        noise = torch.randn(z0.shape, generator=g).to(self.dev, self.dtype)
+        t = torch.randint(0, 1000, (1,), generator=g).to(self.dev)
+        zt = self.noise_sched.add_noise(z0, noise, t)
+        u = pipe.unet(zt, t, self._encode([""]).expand(B, -1, -1)).sample
+        drawn = [self.tokens[i] for i in torch.randperm(len(self.tokens), generator=g)[: self.m].tolist()]
+        edits = [pipe.unet(zt, t, self._encode([d]).expand(B, -1, -1)).sample - u for d in drawn]
+        loss = noiseclr_loss(torch.stack(edits, 1).float(), self.temperature, anchors=[0])
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.table[self.frozen] = self.original[self.frozen]
+        return loss.item()
 
 
 def throughput(args) -> list[dict]:
@@ -73,31 +151,41 @@ def throughput(args) -> list[dict]:
     print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'MFU':>6}")
     for m in [int(x) for x in args.m.split(",")]:
         res = {}
-        for schedule in ("batched", "official"):
+        for who in ("batched", "official", "release"):
             with tempfile.TemporaryDirectory() as tmp:
-                tr = _trainer(args, schedule, m, tmp)
+                if who == "release":
+                    step = ReleaseStep(args, m)
+                else:
+                    tr = _trainer(args, who, m, tmp)
+                    step = lambda s, tr=tr: _step(tr, s)  # noqa: E731
                 for s in range(args.warmup):
-                    _step(tr, s)
+                    step(s)
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 for s in range(args.steps):
-                    _step(tr, args.warmup + s)
+                    step(args.warmup + s)
                 if cuda:
                     torch.cuda.synchronize()
                 dt = (time.perf_counter() - t0) / args.steps
                 mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 mfu = float("nan")
                 if cuda and peak:
-                    mfu = _flops_per_step(tr) / dt / (peak * 1e12)
+                    mfu = _flops_per_step(step) / dt / (peak * 1e12)
                 edits = m * args.batch_size / dt
-                res[schedule] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
-                print(f"{m:>3} {schedule:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}")
-                del tr
+                res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
+                print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)
+                del step
+                tr = None
+                if cuda:
+                    torch.cuda.empty_cache()
         ratio = res["official"]["s_per_step"] / res["batched"]["s_per_step"]
-        print(f"    batched is {ratio:.2f}x faster per step at M={m}")
-        rows.append({"M": m, **{f"{k}_{s}": v for s, d in res.items() for k, v in d.items()}, "speedup": ratio})
+        ratio_release = res["release"]["s_per_step"] / res["batched"]["s_per_step"]
+        print(f"    batched is {ratio:.2f}x faster per step than the official schedule, {ratio_release:.2f}x faster "
+              f"than the released script's way, at M={m}")
+        rows.append({"M": m, **{f"{k}_{s}": v for s, d in res.items() for k, v in d.items()}, "speedup": ratio,
+                     "speedup_vs_release": ratio_release})
     return rows
 
 
@@ -187,7 +275,7 @@ def to_score(args) -> dict:
             "settings": vars(args)}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("throughput", "to-score"))
     p.add_argument("--model", default="toy:faces", help="model spec, or sd15-random (SD 1.5 architecture, random weights)")
@@ -215,7 +303,11 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "noiseclr_bench_train"))
     p.add_argument("--cache-dir", default="")
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     result = throughput(args) if args.mode == "throughput" else to_score(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end at tiny size (their numbers are printed, never asserted)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bench_train  # noqa: E402
+
+
+def _args(tiny_pipe_dir, tmp_path, *extra):
+    return ["throughput", "--model", str(tiny_pipe_dir), "--data", "toy:faces", "--directions", "3", "--m", "2",
+            "--batch-size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), *extra]
+
+
+def test_release_step_trains_only_the_direction_rows(tiny_pipe_dir, tmp_path):
+    step = bench_train.ReleaseStep(bench_train.build_parser().parse_args(_args(tiny_pipe_dir, tmp_path)), 2)
+    before = step.table.detach().clone()
+    assert math.isfinite(step(0)) and math.isfinite(step(1))
+    changed = (step.table.detach() != before).any(1).nonzero().flatten().tolist()
+    ids = step.pipe.tokenizer.convert_tokens_to_ids(step.tokens)
+    assert changed and set(changed) <= set(ids)
+    assert step.table.grad is None  # zeroed after the step, like the released script
+
+
+def test_bench_train_throughput_times_every_contender(tiny_pipe_dir, tmp_path):
+    out = tmp_path / "throughput.json"
+    torch.manual_seed(0)
+    assert bench_train.main(_args(tiny_pipe_dir, tmp_path, "--json", str(out))) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["M"] == 2
+    for who in ("batched", "official", "release"):
+        assert row[f"s_per_step_{who}"] > 0 and row[f"edits_per_s_{who}"] > 0
+    assert row["speedup"] == row["s_per_step_official"] / row["s_per_step_batched"]
