@@ -111,14 +111,9 @@ def _cmd_edit(args) -> int:
 
 
 def _save_image(img, path: Path) -> None:
-    import os
+    from noiseclr_lab.fileio import save_image_atomic
 
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        img.save(tmp)
-    except (ValueError, OSError) as e:
-        raise NoiseCLRLabError(f"Cannot write {path}: {e}") from e
-    os.replace(tmp, path)
+    save_image_atomic(img, path)
 
 
 def _train_config(args):

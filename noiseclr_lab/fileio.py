@@ -31,3 +31,21 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj) -> None:
     """``obj`` as indented JSON, written atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def save_image_atomic(img, path: Path) -> None:
+    """Save a PIL image to ``path`` (format from its extension) through a temporary file; an unknown extension
+    or a failed write is one NoiseCLRLabError and leaves any existing file as it was."""
+    from PIL import Image
+
+    from noiseclr_lab.errors import NoiseCLRLabError
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise NoiseCLRLabError(f"Cannot write {path}: unknown image extension {path.suffix!r} (use .png, .jpg, .webp).")
+    try:
+        with atomic_target(path) as tmp:
+            img.save(tmp, format=fmt)
+    except (ValueError, OSError) as e:
+        raise NoiseCLRLabError(f"Cannot write {path}: {e}") from e

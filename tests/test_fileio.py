@@ -28,3 +28,21 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         write_text_atomic(tmp_path / "missing" / "x.json", "{}")  # no such folder
     assert json.loads(path.read_text()) == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_save_image_atomic_keeps_the_old_file_when_a_save_fails(tmp_path):
+    from PIL import Image
+
+    from noiseclr_lab.errors import NoiseCLRLabError
+    from noiseclr_lab.fileio import save_image_atomic
+
+    path = tmp_path / "grid.jpg"
+    save_image_atomic(Image.new("RGB", (8, 8), (200, 10, 10)), path)
+    old = path.read_bytes()
+    assert Image.open(path).format == "JPEG"
+    with pytest.raises(NoiseCLRLabError, match="Cannot write"):
+        save_image_atomic(Image.new("RGBA", (8, 8)), path)  # JPEG has no alpha: the encoder refuses
+    assert path.read_bytes() == old
+    with pytest.raises(NoiseCLRLabError, match="unknown image extension"):
+        save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / "grid.xyz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg"]

@@ -39,7 +39,7 @@ from noiseclr_lab.analysis.metrics import compute_all
 from noiseclr_lab.analysis.metrics.modularity import per_direction
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import write_json_atomic
+from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.registry import Registry
 
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
@@ -242,7 +242,7 @@ def evaluate_gt(run_dir: str | os.PathLike, domain: str, *, seeds: int = 12, sca
     folder = run / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "gt_metrics.json", out)
-    effect_heatmap({k: v for k, v in results.items()}, list(probe.values)).save(folder / "gt_effects.png")
+    save_image_atomic(effect_heatmap(results, list(probe.values)), folder / "gt_effects.png")
     return out
 
 

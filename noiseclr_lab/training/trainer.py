@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import write_json_atomic, write_text_atomic
+from noiseclr_lab.fileio import save_image_atomic, write_json_atomic, write_text_atomic
 from noiseclr_lab.training.config import TrainConfig
 from noiseclr_lab.training.loss import noiseclr_loss
 
@@ -253,7 +253,7 @@ class Trainer:
         folder = self.run_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{step}.png"
-        grid.save(path)
+        save_image_atomic(grid, path)
         return path
 
     # ------------------------------------------------------------------ the step
