@@ -179,6 +179,30 @@ def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
     assert main(["edit", *common, "--apply", "nope=1", "--out", str(tmp_path / "x.png")]) == 1
     assert "Unknown direction 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+    assert main(["edit", *common, "--apply", "<d1>=3", "--edit-start", "2", "--out", str(tmp_path / "late.png")]) == 0
+    assert Image.open(tmp_path / "late.png").tobytes() != Image.open(tmp_path / "one.png").tobytes()
+    assert main(["edit", *common, "--apply", "<d1>=3", "--edit-start", "5", "--out", str(tmp_path / "y.png")]) == 1
+    assert "--edit-start 5 is past the last denoising step (4)" in capsys.readouterr().err
+
+
+def test_grid_edit_start_delays_every_edited_cell(tiny_pipe):
+    from noiseclr_lab.editing.grid import edit_grid
+
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    kw = dict(prompt="a face", seeds=[1], num_inference_steps=4, cell=16)
+
+    def cells(edit_start):  # (unedited, edited) 16 x 16 cells of a 1 x 2 grid
+        g = np.asarray(edit_grid(ep, ["<d1>"], [0.0, 3.0], edit_start=edit_start, **kw))
+        return g[24:40, 150:166], g[24:40, 166:182]
+
+    base, never = cells(4)  # edits from the last step on are never applied
+    assert np.array_equal(base, never)
+    _, always = cells(0)
+    _, late = cells(2)
+    assert not np.array_equal(always, late) and not np.array_equal(late, base)
+    direct = ep("a face", edits={"<d1>": 3.0}, windows={"<d1>": (2, 4)}, num_inference_steps=4,
+                generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.array_equal(np.asarray(direct), late)
 
 
 def test_per_image_scales_equal_separate_calls(tiny_pipe):

@@ -32,21 +32,24 @@ def compose_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labe
 
 
 def edit_grid(edit_pipe: EditPipeline, directions: list[str], scales: list[float], *, prompt: str = "",
-              seeds: list[int] = (0,), inversion: Inversion | None = None, cell: int = 128, **call_kwargs) -> Image.Image:
+              seeds: list[int] = (0,), inversion: Inversion | None = None, cell: int = 128, edit_start: int = 0,
+              **call_kwargs) -> Image.Image:
     """Rows: each direction alone; columns: each scale x each seed (or the one inverted image).
 
-    The seeds of one (direction, scale) cell group go through the pipeline as one batch; the unedited
-    column is computed once and shared by every row.
+    Edits are active from denoising step ``edit_start`` on (0: every step). The seeds of one (direction, scale)
+    cell group go through the pipeline as one batch; the unedited column is computed once and shared by every row.
     """
     import torch
 
     bank = edit_pipe.bank
     seeds = [0] if inversion is not None else list(seeds)
+    steps = inversion.num_inference_steps if inversion is not None else call_kwargs.get("num_inference_steps", 50)
 
     def run(edits):
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, generator=gens,
-                        inversion=inversion, output_type="pil", **call_kwargs)
+        windows = {tok: (edit_start, steps) for tok in edits} if edits and edit_start else None
+        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, windows=windows,
+                        generator=gens, inversion=inversion, output_type="pil", **call_kwargs)
         return out.images
 
     base = run(None) if 0 in scales else None

@@ -242,6 +242,7 @@ class Trainer:
         return final
 
     def validation_grid(self, step: int) -> Path:
+        from noiseclr_lab.analysis.groundtruth import default_edit_start
         from noiseclr_lab.editing import EditPipeline
         from noiseclr_lab.editing.grid import edit_grid
 
@@ -249,7 +250,8 @@ class Trainer:
         ep = EditPipeline(self.pipe, self.bank())
         grid = edit_grid(ep, self.tokens, [-c.validation_scale, 0.0, c.validation_scale],
                          seeds=list(range(c.validation_seeds)), prompt=c.validation_prompt,
-                         num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance)
+                         num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance,
+                         edit_start=default_edit_start(c.validation_steps))  # as evaluate-gt scores them
         folder = self.run_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{step}.png"
