@@ -84,13 +84,15 @@ def _cmd_edit(args) -> int:
     windows = {name: win for name, win in (args.window or [])}
     if not args.grid and not edits:
         raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
+    for name in list(edits) + list(windows):
+        bank.index(name)  # unknown names fail before any work
+    if args.edit_start >= args.steps:
+        raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
+    if args.grid and windows:
+        raise NoiseCLRLabError("--window applies to single edits; a --grid takes --edit-start for all its cells.")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     pipe.noiseclr_spec = args.model
     ep = EditPipeline(pipe, bank)
-    for name in list(edits) + list(windows):
-        bank.index(name)  # unknown names fail before any work
-    if args.edit_start > args.steps:
-        raise NoiseCLRLabError(f"--edit-start {args.edit_start} is past the last denoising step ({args.steps}).")
     inversion = None
     if args.image is not None:
         inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion)

@@ -24,6 +24,7 @@ Two measurements:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import tempfile
@@ -71,9 +72,15 @@ class ReleaseStep:
     - the trainable parameter is the text encoder's whole token-embedding table, so the empty prompt's text
       encoding and UNet call run with autograd on and are part of the backward pass;
     - the anchor and each of the M-1 negatives take one text-encoder call and one UNet call each;
-    - AdamW steps the whole table, after which every row except the direction tokens' is restored.
+    - AdamW steps the whole table, after which every row except the direction tokens' is restored;
+    - mixed precision as there: UNet and VAE in the low dtype, the text encoder in fp32 under autocast;
+      gradient checkpointing (--gradient-checkpointing) of the UNet and the text encoder.
 
-    The loss is the official schedule's (noiseclr_loss with one anchor), so only the cost differs.
+    The loss is the official schedule's (noiseclr_loss with one anchor), so only the cost differs. Left out, so
+    the released way is if anything faster here than there: reading and resizing image files on every step
+    (here the rendered PIL images are only preprocessed per step) and zeroing the frozen rows' gradients. With
+    its default gradient accumulation of 4 the released script steps AdamW once per 4 such steps; here every
+    step does (small next to the UNet calls: the table has vocabulary x width entries).
     """
 
     def __init__(self, args, m: int):
@@ -104,9 +111,10 @@ class ReleaseStep:
             pipe.unet.enable_gradient_checkpointing()
             pipe.unet.train()
             te.gradient_checkpointing_enable()
+            te.train()  # transformers checkpoints only in train mode; CLIP's dropout is 0
         side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         images, _ = load_training_images(args.data, side, max(64, args.batch_size), 0)
-        self.pixels = pipe.image_processor.preprocess(images)  # (N, 3, H, W) in [-1, 1], on the CPU
+        self.images = images  # PIL, preprocessed per step as the released data loader does
         from diffusers import DDPMScheduler
 
         self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -115,18 +123,20 @@ class ReleaseStep:
         tok = self.pipe.tokenizer
         ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
                   return_tensors="pt").input_ids.to(self.dev)
-        return self.pipe.text_encoder(ids)[0].to(self.dtype)
+        with torch.autocast(self.dev.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.pipe.text_encoder(ids)[0].to(self.dtype)
 
     def __call__(self, step: int) -> float:
         from noiseclr_lab.training.loss import noiseclr_loss
 
         pipe, B = self.pipe, self.b
         g = torch.Generator().manual_seed(step)
-        x = self.pixels[torch.randperm(len(self.pixels), generator=g)[:B]].to(self.dev, self.dtype)
+        pick = torch.randperm(len(self.images), generator=g)[:B].tolist()
+        x = pipe.image_processor.preprocess([self.images[i] for i in pick]).to(self.dev, self.dtype)
         with torch.no_grad():
             z0 = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
         noise = torch.randn(z0.shape, generator=g).to(self.dev, self.dtype)
-        t = torch.randint(0, 1000, (1,), generator=g).to(self.dev)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (1,), generator=g).to(self.dev)
         zt = self.noise_sched.add_noise(z0, noise, t)
         u = pipe.unet(zt, t, self._encode([""]).expand(B, -1, -1)).sample
         drawn = [self.tokens[i] for i in torch.randperm(len(self.tokens), generator=g)[: self.m].tolist()]
@@ -178,6 +188,7 @@ def throughput(args) -> list[dict]:
                 print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)
                 del step
                 tr = None
+                gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
         ratio = res["official"]["s_per_step"] / res["batched"]["s_per_step"]

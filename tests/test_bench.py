@@ -18,10 +18,21 @@ def _args(tiny_pipe_dir, tmp_path, *extra):
             "--cache-dir", str(tmp_path / "cache"), *extra]
 
 
-def test_release_step_trains_only_the_direction_rows(tiny_pipe_dir, tmp_path):
+def test_release_step_does_the_released_scripts_work_and_trains_only_the_direction_rows(tiny_pipe_dir, tmp_path):
     step = bench_train.ReleaseStep(bench_train.build_parser().parse_args(_args(tiny_pipe_dir, tmp_path)), 2)
+    calls = {"vae": 0, "unet": 0, "unet_in_graph": 0}
+
+    def on_unet(module, inputs, output):
+        calls["unet"] += 1
+        calls["unet_in_graph"] += output.sample.requires_grad
+
+    step.pipe.vae.encoder.register_forward_hook(lambda *a: calls.__setitem__("vae", calls["vae"] + 1))
+    step.pipe.unet.register_forward_hook(on_unet)
     before = step.table.detach().clone()
     assert math.isfinite(step(0)) and math.isfinite(step(1))
+    # per step: one VAE encode (no latent cache), the empty prompt + M = 2 directions as separate UNet calls,
+    # every one of them inside the autograd graph (the whole embedding table is the trainable parameter)
+    assert calls == {"vae": 2, "unet": 6, "unet_in_graph": 6}
     changed = (step.table.detach() != before).any(1).nonzero().flatten().tolist()
     ids = step.pipe.tokenizer.convert_tokens_to_ids(step.tokens)
     assert changed and set(changed) <= set(ids)
@@ -37,3 +48,4 @@ def test_bench_train_throughput_times_every_contender(tiny_pipe_dir, tmp_path):
     for who in ("batched", "official", "release"):
         assert row[f"s_per_step_{who}"] > 0 and row[f"edits_per_s_{who}"] > 0
     assert row["speedup"] == row["s_per_step_official"] / row["s_per_step_batched"]
+    assert row["speedup_vs_release"] == row["s_per_step_release"] / row["s_per_step_batched"]

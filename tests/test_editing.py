@@ -180,9 +180,16 @@ def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
     assert "Unknown direction 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
     assert main(["edit", *common, "--apply", "<d1>=3", "--edit-start", "2", "--out", str(tmp_path / "late.png")]) == 0
-    assert Image.open(tmp_path / "late.png").tobytes() != Image.open(tmp_path / "one.png").tobytes()
-    assert main(["edit", *common, "--apply", "<d1>=3", "--edit-start", "5", "--out", str(tmp_path / "y.png")]) == 1
-    assert "--edit-start 5 is past the last denoising step (4)" in capsys.readouterr().err
+    assert main(["edit", *common, "--apply", "<d1>=3", "--window", "<d1>=2:4", "--out", str(tmp_path / "win.png")]) == 0
+    assert main(["edit", *common, "--apply", "<d1>=3", "--out", str(tmp_path / "all.png")]) == 0
+    assert main(["edit", *common, "--apply", "<d1>=0", "--out", str(tmp_path / "plain.png")]) == 0
+    late, win, every, plain = (Image.open(tmp_path / f"{n}.png").tobytes() for n in ("late", "win", "all", "plain"))
+    assert late == win and late != every and late != plain
+    assert main(["edit", *common, "--apply", "<d1>=3", "--edit-start", "4", "--out", str(tmp_path / "y.png")]) == 1
+    assert "--edit-start 4 leaves no denoising step to edit (--steps 4)" in capsys.readouterr().err
+    assert main(["edit", *common, "--grid", "--window", "<d1>=1:2", "--out", str(tmp_path / "y.png")]) == 1
+    assert "--window applies to single edits" in capsys.readouterr().err
+    assert not (tmp_path / "y.png").exists()
 
 
 def test_grid_edit_start_delays_every_edited_cell(tiny_pipe):

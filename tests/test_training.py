@@ -35,13 +35,20 @@ def _fixed_loss(trainer, n=6):
 
 @pytest.mark.parametrize("schedule", ["batched", "official"])
 def test_training_lowers_the_loss(cfg, schedule):
-    trainer = Trainer(cfg(steps=25, schedule=schedule, tokens_per_iter=3, checkpoint_every=0))
+    trainer = Trainer(cfg(steps=25, schedule=schedule, tokens_per_iter=3, checkpoint_every=0, validation_steps=5))
     before = _fixed_loss(trainer)
     run = trainer.run()
     assert _fixed_loss(trainer) < before - 0.05
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [ln["step"] for ln in lines] == list(range(1, 26)) and all(np.isfinite(ln["loss"]) for ln in lines)
-    assert (run / "validation" / "step-25.png").is_file()
+    # the validation grid shows the edits as evaluate-gt scores them: after the warm-up (1 of 5 steps)
+    from noiseclr_lab.editing import EditPipeline
+    from noiseclr_lab.editing.grid import edit_grid
+
+    shown = Image.open(run / "validation" / "step-25.png").convert("RGB").tobytes()
+    grid = lambda start: edit_grid(EditPipeline(trainer.pipe, trainer.bank()), trainer.tokens, [-6.0, 0.0, 6.0],  # noqa: E731
+                                   seeds=[0], num_inference_steps=5, guidance_scale=3.0, edit_start=start).tobytes()
+    assert shown == grid(1) != grid(0)
     conf = json.loads((run / "config.json").read_text())
     assert conf["config"]["schedule"] == schedule and conf["provenance"]["base_model"] == str(cfg().model)
     bank = DirectionBank.load(run / "directions.safetensors")
