@@ -49,3 +49,17 @@ def test_bench_train_throughput_times_every_contender(tiny_pipe_dir, tmp_path):
         assert row[f"s_per_step_{who}"] > 0 and row[f"edits_per_s_{who}"] > 0
     assert row["speedup"] == row["s_per_step_official"] / row["s_per_step_batched"]
     assert row["speedup_vs_release"] == row["s_per_step_release"] / row["s_per_step_batched"]
+
+
+def test_to_score_summary_times_equal_learning_by_the_clock_not_by_score_noise():
+    # identical learning per step (as batched with one anchor and the official schedule), the official slower;
+    # the batched score at the official's best checkpoint is lower in the fourth digit
+    scores = [1.0, 2.0, 3.0, 2.5]
+    runs = {"batched-0": [{"step": 10 * (i + 1), "seconds": 1.0 * (i + 1), "score": v - (i == 2) * 1e-4}
+                          for i, v in enumerate(scores)],
+            "official-0": [{"step": 10 * (i + 1), "seconds": 1.5 * (i + 1), "score": v} for i, v in enumerate(scores)]}
+    args = bench_train.build_parser().parse_args(["to-score", "--smooth", "1"])
+    res = bench_train.summarize(runs, args)
+    assert (res["target"], res["batched_s"], res["official_s"]) == (3.0, 3.0, 4.5) and res["ratio"] == 1.5
+    args.tolerance = 0.0  # without a tolerance the batched run only "gets there" never
+    assert bench_train.summarize(runs, args)["batched_s"] == float("inf")
