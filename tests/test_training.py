@@ -136,6 +136,7 @@ def test_bad_datasets(cfg, tmp_path):
         Image.new("RGB", (40, 30), (i * 100, 50, 50)).save(few / f"{i}.png")
     (few / "broken.jpg").write_bytes(b"not a jpeg")
     (few / "notes.txt").write_text("hello")
+    (few / "factors.csv").write_text("file,skin\n0.png,light\n")  # the toy renderer's labels: not a skipped file
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(NoiseCLRLabError, match=r"2 training image\(s\) but the global batch is 3"):
