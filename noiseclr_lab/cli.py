@@ -77,6 +77,7 @@ def _cmd_edit(args) -> int:
     from noiseclr_lab.directions import DirectionBank
     from noiseclr_lab.editing import EditPipeline, invert
     from noiseclr_lab.editing.grid import edit_grid
+    from noiseclr_lab.fileio import save_image_atomic
     from noiseclr_lab.models import load_pipeline
 
     bank = DirectionBank.load(args.bank)
@@ -104,23 +105,15 @@ def _cmd_edit(args) -> int:
         names = list(edits) or bank.tokens
         grid = edit_grid(ep, names, args.scales, prompt=args.prompt, seeds=[args.seed], inversion=inversion,
                          edit_start=args.edit_start, **kwargs)
-        _save_image(grid, args.out)
+        save_image_atomic(grid, args.out)
         print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
         return 0
-    if args.edit_start:  # the default window of edits given no --window
-        windows = {name: (args.edit_start, args.steps) for name in edits} | windows
-    out = ep(args.prompt, edits=edits, windows=windows, generator=torch.Generator().manual_seed(args.seed),
-             inversion=inversion, **kwargs)
-    _save_image(out.images[0], args.out)
+    out = ep(args.prompt, edits=edits, windows=windows, edit_start=args.edit_start,
+             generator=torch.Generator().manual_seed(args.seed), inversion=inversion, **kwargs)
+    save_image_atomic(out.images[0], args.out)
     applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in out.edits.items())
     print(f"wrote {args.out} ({applied})")
     return 0
-
-
-def _save_image(img, path: Path) -> None:
-    from noiseclr_lab.fileio import save_image_atomic
-
-    save_image_atomic(img, path)
 
 
 def _train_config(args):
@@ -169,7 +162,7 @@ def _cmd_demo(args) -> int:
     import time
 
     from noiseclr_lab.analysis.groundtruth import evaluate_gt
-    from noiseclr_lab.toyworld.render import render_folder
+    from noiseclr_lab.toyworld.render import FACTORS_CSV, render_folder
     from noiseclr_lab.training import TrainConfig, load_preset, train
 
     t0 = time.time()
@@ -178,7 +171,7 @@ def _cmd_demo(args) -> int:
     if args.steps:
         values["steps"] = args.steps
     data = out / "data"
-    if not (data / "factors.csv").is_file():
+    if not (data / FACTORS_CSV).is_file():
         render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
     values["data"] = str(data)
     cfg = TrainConfig.from_dict(values)
@@ -249,24 +242,21 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``; anything else is 'expected <what>, got ...'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ import json
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -164,11 +165,7 @@ def throughput(args) -> list[dict]:
         res = {}
         for who in ("batched", "official", "release"):
             with tempfile.TemporaryDirectory() as tmp:
-                if who == "release":
-                    step = ReleaseStep(args, m)
-                else:
-                    tr = _trainer(args, who, m, tmp)
-                    step = lambda s, tr=tr: _step(tr, s)  # noqa: E731
+                step = ReleaseStep(args, m) if who == "release" else partial(_step, _trainer(args, who, m, tmp))
                 for s in range(args.warmup):
                     step(s)
                 if cuda:
@@ -188,7 +185,6 @@ def throughput(args) -> list[dict]:
                 res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
                 print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)
                 del step
-                tr = None
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()

@@ -210,6 +210,8 @@ def test_grid_edit_start_delays_every_edited_cell(tiny_pipe):
     direct = ep("a face", edits={"<d1>": 3.0}, windows={"<d1>": (2, 4)}, num_inference_steps=4,
                 generator=torch.Generator().manual_seed(1)).images[0]
     assert np.array_equal(np.asarray(direct), late)
+    with pytest.raises(NoiseCLRLabError, match=r"edit_start 5 is outside \[0, 4\]"):
+        ep("a face", edits={"<d1>": 3.0}, edit_start=5, num_inference_steps=4)
 
 
 def test_per_image_scales_equal_separate_calls(tiny_pipe):

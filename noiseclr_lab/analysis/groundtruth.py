@@ -81,8 +81,8 @@ def effect_sweep(edit_pipe, probe, scales, seeds: int, prompt: str, guidance: fl
     out, raw = np.zeros((n, len(bank), len(factors))), np.zeros((n, len(bank), len(factors)))
     for k, tok in enumerate(tqdm(bank.tokens, desc="effect sweep", disable=not progress, leave=False)):
         lam = [float(s) for s in scales for _ in range(seeds)]
-        imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, windows={tok: (edit_start, steps)},
-                         output_type="pt", **start(n), **common).images
+        imgs = edit_pipe([prompt] * len(lam), edits={tok: lam}, edit_start=edit_start, output_type="pt",
+                         **start(n), **common).images
         p1 = probe.predict(imgs).probs
         for j, f in enumerate(factors):
             out[:, k, j], raw[:, k, j] = probe_effect(p1[f].reshape(n, seeds, -1), p0[f], noise_z)

@@ -43,12 +43,10 @@ def edit_grid(edit_pipe: EditPipeline, directions: list[str], scales: list[float
 
     bank = edit_pipe.bank
     seeds = [0] if inversion is not None else list(seeds)
-    steps = inversion.num_inference_steps if inversion is not None else call_kwargs.get("num_inference_steps", 50)
 
     def run(edits):
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        windows = {tok: (edit_start, steps) for tok in edits} if edits and edit_start else None
-        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, windows=windows,
+        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, edit_start=edit_start,
                         generator=gens, inversion=inversion, output_type="pil", **call_kwargs)
         return out.images
 

@@ -100,12 +100,15 @@ class EditPipeline:
             self._embed_cache.update(zip(missing, emb))
         return torch.stack([self._embed_cache[t] for t in texts])
 
-    def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int) -> dict:
-        """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows."""
+    def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int, edit_start: int = 0) -> dict:
+        """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows.
+        Edits without a window of their own are active on [edit_start, steps)."""
         edits = dict(edits or {})
         windows = dict(windows or {})
         if (edits or windows) and self.bank is None:
             raise NoiseCLRLabError("Edits were requested but the EditPipeline has no direction bank.")
+        if not 0 <= edit_start <= steps:
+            raise NoiseCLRLabError(f"edit_start {edit_start} is outside [0, {steps}] steps.")
         out = {}
         for name, scale in edits.items():
             k = self.bank.index(name)
@@ -116,7 +119,7 @@ class EditPipeline:
                 scale = float(scale) if not isinstance(scale, (list, tuple, torch.Tensor)) else [float(v) for v in scale]
             except (TypeError, ValueError):
                 raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number or a list of numbers, got {scale!r}.") from None
-            out[tok] = {"scale": scale, "window": (0, steps), "label": self.bank.labels[k]}
+            out[tok] = {"scale": scale, "window": (edit_start, steps), "label": self.bank.labels[k]}
         for name, win in windows.items():
             tok = self.bank.tokens[self.bank.index(name)]
             if tok not in out:
@@ -167,6 +170,7 @@ class EditPipeline:
         inversion: Inversion | None = None,
         start_step: int = 0,
         stop_step: int | None = None,
+        edit_start: int = 0,
     ) -> EditOutput:
         """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
 
@@ -174,7 +178,9 @@ class EditPipeline:
         from the inverted noise, uses the inversion's steps and runs without CFG (w = 1), as in the paper.
         ``start_step`` / ``stop_step`` run only the denoising steps [start_step, stop_step): a run stopped at k
         with ``output_type="latent"`` gives the latents another run continues from (``latents=``, ``start_step=k``),
-        so steps that several edits share (an edit warm-up) are computed once.
+        so steps that several edits share (an edit warm-up) are computed once. ``edit_start`` is where edits
+        without an entry in ``windows`` begin (0: every step; a warm-up leaves the first steps, which set the
+        layout, unedited).
         """
         pipe = self.pipe
         if inversion is not None:
@@ -193,7 +199,7 @@ class EditPipeline:
                                    f"got start_step {start_step}, stop_step {stop_step}.")
         if start_step > 0 and (latents is None or inversion is not None):
             raise NoiseCLRLabError("start_step > 0 continues a stopped run: pass its latents (and no inversion).")
-        spec = self.resolve_edits(edits, windows, num_inference_steps)
+        spec = self.resolve_edits(edits, windows, num_inference_steps, edit_start)
         lam = {}  # token -> float, or (B, 1, 1, 1) per-image scales
         for tok, e in spec.items():
             if isinstance(e["scale"], list):

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from noiseclr_lab.editing.images import prepare_image
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.toyworld.render import FACTORS_CSV
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-SIDECAR_FILES = ("factors.csv",)  # label files our own tools write beside images (toy render): not counted as skipped
 
 
 def list_image_files(folder: Path) -> list[Path]:
@@ -44,7 +44,8 @@ def load_training_images(data: str, resolution: int, num_images: int = 256, seed
     if max_images:
         files = files[:max_images]
     others = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
-              and not p.name.startswith(".") and p.name not in SIDECAR_FILES]
+              and not p.name.startswith(".")
+              and p.name != FACTORS_CSV]  # the labels `toy render` writes beside its images
     images, skipped, digest = [], len(others), hashlib.sha256()
     for p in tqdm(files, desc="reading images", leave=False):
         try:
