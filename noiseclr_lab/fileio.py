@@ -1,4 +1,7 @@
-"""Atomic writes: a temporary sibling, then ``os.replace`` over the target, so a kill never leaves half a file."""
+"""Atomic writes: a temporary sibling, then ``os.replace`` over the target, so a kill never leaves half a file.
+
+Every file noiseclr_lab writes goes through here (base layer: imports only ``errors``); see docs/design.md.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,26 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj) -> None:
     """``obj`` as indented JSON, written atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of ``tensors`` (moved to the CPU, made contiguous) written atomically; parent folders are
+    created."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_target(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def save_torch_atomic(obj, path: Path) -> None:
+    """``torch.save(obj)`` atomically (optimizer states: tensors and plain containers, read back with
+    ``torch.load(weights_only=True)``)."""
+    import torch
+
+    with atomic_target(Path(path)) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_image_atomic(img, path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from noiseclr_lab.compat import dtype_kwargs
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.registry import Registry
 
@@ -19,6 +20,12 @@ from noiseclr_lab.registry import Registry
 _SOURCES: Registry[Callable] = Registry("model source")
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SPEC_ATTRIBUTE = "noiseclr_spec"  # load_pipeline sets pipe.<this> = the spec it was loaded from
+
+
+def pipeline_spec(pipe) -> str:
+    """The model spec ``pipe`` was loaded from by :func:`load_pipeline` ("" for a pipeline built otherwise)."""
+    return getattr(pipe, SPEC_ATTRIBUTE, "")
 
 
 def register_model_source(prefix: str, loader: Callable) -> Callable:
@@ -59,13 +66,6 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict:
-    """The dtype keyword of diffusers' loaders: ``dtype`` on releases that renamed it, else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
 def _sd_kwargs(dtype: torch.dtype) -> dict:
@@ -134,6 +134,10 @@ def load_pipeline(spec: str, device: str | torch.device | None = None, dtype: st
     ``.safetensors``/``.ckpt`` file (``config``: a diffusers folder or hub id describing its architecture,
     needed offline), or a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``.
     Device defaults to cuda > mps > cpu; dtype to fp16 on GPUs and fp32 on the CPU.
+
+    The spec is recorded on the pipeline (``pipeline_spec(pipe)``, attribute ``noiseclr_spec``): this is the
+    one place it is set; editing warns when a bank learned on another model is installed, and runs record it
+    as provenance.
     """
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -156,6 +160,7 @@ def load_pipeline(spec: str, device: str | torch.device | None = None, dtype: st
     else:
         raise NoiseCLRLabError(f"Model {spec!r} not found: no such file or folder, and it is not a hub id (org/name).")
     pipe.set_progress_bar_config(disable=True)
+    setattr(pipe, SPEC_ATTRIBUTE, spec)
     return pipe.to(dev)
 
 

@@ -234,7 +234,7 @@ def smoothed(scores: list[float], window: int) -> list[float]:
 
 
 def to_score(args) -> dict:
-    from noiseclr_lab.analysis.groundtruth import evaluate_gt
+    from noiseclr_lab.workflows import evaluate_gt
 
     if args.report:  # re-summarise a saved run (other --smooth / --tolerance) without training again
         return summarize(json.loads(Path(args.report).read_text())["runs"], args)
@@ -250,9 +250,9 @@ def to_score(args) -> dict:
             curve = []
             for s, t in points:
                 shutil.copy(out / "checkpoints" / f"step-{s}" / "directions.safetensors", out / "directions.safetensors")
-                res = evaluate_gt(out, "faces", seeds=args.eval_seeds, steps=args.eval_steps, baselines=[],
-                                  scales=scales, progress=False)
-                m = res["banks"]["trained"]["metrics"]
+                res = evaluate_gt(out, "faces", seeds=args.eval_seeds, num_inference_steps=args.eval_steps,
+                                  baselines=[], scales=scales, progress=False)
+                m = res.banks["trained"]["metrics"]
                 curve.append({"step": s, "seconds": t, "coverage": m["coverage"], "modularity": m["modularity_all"],
                               "score": m["coverage"] + m["modularity_all"]})
                 print(f"{schedule:>9} seed {seed} step {s:>5} {t:>7.1f}s coverage {m['coverage']:.0f} "

@@ -1,4 +1,4 @@
-"""Build (or continue building) the shipped toy models; see noiseclr_lab/toyworld/build.py.
+"""Build (or continue building) the shipped toy models; the stages live in scripts/toybuild/ (one module each).
 
 Each stage is time-boxed and resumable: run it again to continue from its last checkpoint.
 Examples:
@@ -14,24 +14,26 @@ import json
 from pathlib import Path
 
 import torch
+from toybuild.common import BuildConfig
+from toybuild.stages import STAGES, run_stage
 
-from noiseclr_lab.toyworld import build
+from noiseclr_lab.toyworld import ASSET_DIR
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=build.STAGES, help="which asset to train, evaluate or export")
+    p.add_argument("--stage", required=True, choices=STAGES, help="which asset to train, evaluate or export")
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget of this call")
-    p.add_argument("--work", default=build.BuildConfig.work, help="folder for caches and resumable checkpoints")
+    p.add_argument("--work", default=BuildConfig.work, help="folder for caches and resumable checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--n-train", type=int, default=build.BuildConfig.n_train, help="rendered training images per domain")
-    p.add_argument("--out", type=Path, default=build.ASSET_DIR, help="where --stage export writes the assets")
+    p.add_argument("--n-train", type=int, default=BuildConfig.n_train, help="rendered training images per domain")
+    p.add_argument("--out", type=Path, default=ASSET_DIR, help="where --stage export writes the assets")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build.BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
-    result = build.run_stage(cfg, args.stage, args.minutes, args.out)
+    cfg = BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
+    result = run_stage(cfg, args.stage, args.minutes, args.out)
     print(json.dumps(result, indent=2))
     return 0
 

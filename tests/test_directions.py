@@ -146,7 +146,7 @@ def _official_pipeline(pipe, n=3, seed=3):
 def test_import_official_pipeline_folder(tiny_pipe, tmp_path):
     tokens, expected = _official_pipeline(tiny_pipe)
     tiny_pipe.save_pretrained(tmp_path / "official_out")
-    bank = DirectionBank.from_official(tmp_path / "official_out")
+    bank = import_official(tmp_path / "official_out")
     assert bank.tokens == tokens
     assert torch.equal(bank.embeddings, expected)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseclr_lab.analysis.groundtruth import calibrate, default_edit_start, effect_heatmap, list_baselines
+from noiseclr_lab.analysis.groundtruth import calibrate, effect_heatmap, list_baselines
+from noiseclr_lab.editing import default_edit_start
 
 
 def test_calibration_picks_the_gentlest_visible_scale():

@@ -46,7 +46,7 @@ def test_clip_loads_through_open_clip_and_reads_factors():
     import open_clip
 
     from noiseclr_lab.toyworld import register_toy_clip, toy_clip_weights
-    from noiseclr_lab.toyworld.build import zero_shot_prompts
+    from noiseclr_lab.toyworld.domains import zero_shot_prompts
 
     name = register_toy_clip()
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(toy_clip_weights()))
@@ -102,20 +102,21 @@ def test_demo_end_to_end_small(tmp_path, capsys):
 def test_gt_scores_word_directions_above_random(toy_pipe):
     """The supervised bank (the toy text encoder's own attribute words) moves the factors it names; random
     directions with the same norms cover at most one factor."""
-    from noiseclr_lab.analysis.groundtruth import _random_bank, _supervised_bank, score_bank
+    from noiseclr_lab.analysis.groundtruth import make_baseline, score_bank
+    from noiseclr_lab.analysis.readers import ProbeReader
     from noiseclr_lab.directions import tokenizer_fingerprint
     from noiseclr_lab.directions.bank import DirectionBank
 
-    probe = load_probe("faces")
-    sup = _supervised_bank(DirectionBank.random(6, 64, tokenizer_fingerprint=tokenizer_fingerprint(toy_pipe.tokenizer)),
-                           None, toy_pipe, "faces")
-    kw = dict(scales=[-6.0, -3.0, 3.0, 6.0], seeds=8, prompt="a cartoon face", guidance=3.0, steps=10,
-              progress=False)
+    probe = ProbeReader(load_probe("faces"))
+    sup = make_baseline("supervised", DirectionBank.random(6, 64, tokenizer_fingerprint=tokenizer_fingerprint(
+        toy_pipe.tokenizer)), None, toy_pipe, "faces")
+    kw = dict(scales=[-6.0, -3.0, 3.0, 6.0], seeds=8, prompt="a cartoon face", guidance_scale=3.0,
+              num_inference_steps=10, progress=False)
     with pytest.raises(NoiseCLRLabError, match="edit_start"):
         score_bank(toy_pipe, sup, probe, **kw, edit_start=10)
     res = score_bank(toy_pipe, sup, probe, **kw)
     named = sum(d["main_factor"] == d["label"].split("=")[0] for d in res["directions"])
     assert named >= 4, res["directions"]
-    rnd = score_bank(toy_pipe, _random_bank(sup, None, toy_pipe, "faces"), probe, **kw)
+    rnd = score_bank(toy_pipe, make_baseline("random", sup, None, toy_pipe, "faces"), probe, **kw)
     assert rnd["metrics"]["coverage"] <= 1
     assert res["metrics"]["mig_style"] > rnd["metrics"]["mig_style"]

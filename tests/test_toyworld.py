@@ -67,7 +67,8 @@ def test_captions_name_every_factor_value(name):
 
 def test_training_caption_mix_matches_the_build_config():
     """Empty, domain head, bare phrases (no head: a lone attribute is a meaningful prompt), partial, full."""
-    from noiseclr_lab.toyworld.build import BuildConfig, training_caption
+    from toybuild.common import BuildConfig
+    from toybuild.unet import training_caption
 
     cfg = BuildConfig()
     dom = get_domain("faces")

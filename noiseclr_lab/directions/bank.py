@@ -1,4 +1,4 @@
-"""DirectionBank: K learned direction tokens and their provenance, in one safetensors file (DESIGN.md s3)."""
+"""DirectionBank: K learned direction tokens and their provenance, in one safetensors file (docs/design.md, "Formats")."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
+from noiseclr_lab._version import __version__
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import atomic_target
+from noiseclr_lab.fileio import save_safetensors_atomic
 
 FORMAT_VERSION = 1
 METADATA_KEY = "noiseclr_lab"
@@ -22,8 +22,6 @@ TENSOR_KEY = "embeddings"
 
 
 def _version() -> str:
-    from noiseclr_lab import __version__
-
     return f"noiseclr_lab {__version__}"
 
 
@@ -37,13 +35,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def text_encoder_hidden_size(text_encoder) -> int:
     """D, the width of the text encoder's input token embeddings."""
     return int(text_encoder.get_input_embeddings().weight.shape[1])
-
-
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors save to a temporary sibling, then rename over ``path``: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 @dataclass
@@ -107,6 +98,13 @@ class DirectionBank:
         known = ", ".join(t + (f" ({lab})" if lab else "") for t, lab in zip(self.tokens, self.labels))
         raise NoiseCLRLabError(f"Unknown direction {name!r}; known: {known}.")
 
+    def content_hash(self) -> str:
+        """A short hash of what an edit depends on (tokens and embedding values; labels and provenance excluded),
+        used in sweep cache keys: relabelling a bank keeps its cached sweeps, retraining it does not."""
+        h = hashlib.sha256(json.dumps(self.tokens).encode())
+        h.update(self.embeddings.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def metadata(self) -> dict:
         """The JSON metadata stored beside the tensor."""
         return {
@@ -125,7 +123,7 @@ class DirectionBank:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``directions.safetensors`` (tensor ``embeddings`` + JSON metadata) atomically."""
         path = Path(path)
-        atomic_save_file({TENSOR_KEY: self.embeddings}, path, metadata={METADATA_KEY: json.dumps(self.metadata())})
+        save_safetensors_atomic({TENSOR_KEY: self.embeddings}, path, metadata={METADATA_KEY: json.dumps(self.metadata())})
         return path
 
     @classmethod
@@ -239,13 +237,6 @@ class DirectionBank:
             path = folder / f"{stem}.safetensors"
             if path in paths:
                 raise NoiseCLRLabError(f"Tokens {self.tokens} map to clashing file names; rename them.")
-            atomic_save_file({token: row}, path)
+            save_safetensors_atomic({token: row}, path)
             paths.append(path)
         return paths
-
-    @classmethod
-    def from_official(cls, path: str | os.PathLike, **kwargs) -> DirectionBank:
-        """Import the outputs of the official NoiseCLR code (see ``noiseclr_lab.directions.official``)."""
-        from noiseclr_lab.directions.official import import_official
-
-        return import_official(path, **kwargs)

@@ -1,7 +1,16 @@
-"""Editing: the batched direction-composition pipeline and real-image inversion."""
+"""Editing: the batched direction-composition pipeline, real-image inversion and directions x scales grids."""
 
+from noiseclr_lab.editing.grid import compose_grid, edit_grid, label_font
 from noiseclr_lab.editing.images import prepare_image
 from noiseclr_lab.editing.inversion import invert
-from noiseclr_lab.editing.pipeline import EditOutput, EditPipeline, Inversion, ddim_scheduler
+from noiseclr_lab.editing.pipeline import (
+    EDIT_WARMUP,
+    EditOutput,
+    EditPipeline,
+    Inversion,
+    ddim_scheduler,
+    default_edit_start,
+)
 
-__all__ = ["EditOutput", "EditPipeline", "Inversion", "ddim_scheduler", "invert", "prepare_image"]
+__all__ = ["EDIT_WARMUP", "EditOutput", "EditPipeline", "Inversion", "compose_grid", "ddim_scheduler",
+           "default_edit_start", "edit_grid", "invert", "label_font", "prepare_image"]

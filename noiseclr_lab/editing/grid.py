@@ -7,7 +7,8 @@ from PIL import Image, ImageDraw, ImageFont
 from noiseclr_lab.editing.pipeline import EditPipeline, Inversion
 
 
-def _font(size: int):
+def label_font(size: int):
+    """PIL's default font at ``size`` px (a fixed-size one on Pillow < 10.1), for labels on grids and heat maps."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
@@ -20,7 +21,7 @@ def compose_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labe
     rows, cols = len(cells), len(cells[0]) if cells else 0
     out = Image.new("RGB", (label_w + cols * cell, label_h + rows * cell), "white")
     draw = ImageDraw.Draw(out)
-    font = _font(14)
+    font = label_font(14)
     for c, text in enumerate(col_labels):
         draw.text((label_w + c * cell + cell // 2, label_h // 2), text, fill="black", anchor="mm", font=font)
     for r, row in enumerate(cells):

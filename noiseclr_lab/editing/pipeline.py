@@ -1,4 +1,4 @@
-"""Apply and compose NoiseCLR directions while sampling (DESIGN.md s1, "Editing").
+"""Apply and compose NoiseCLR directions while sampling (docs/design.md, "Editing").
 
 Notation (per denoising step i at timestep t, latents z of B images):
 
@@ -25,6 +25,16 @@ from diffusers import DDIMScheduler
 
 from noiseclr_lab.directions.bank import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.models import pipeline_spec
+
+EDIT_WARMUP = 0.2  # default share of the first denoising steps without edits (SEGA's edit_warmup_steps: 10 of 50)
+
+
+def default_edit_start(num_inference_steps: int) -> int:
+    """The denoising step edits start at by default where a warm-up is wanted (evaluation, validation grids):
+    after the first ``EDIT_WARMUP`` of the steps, where the layout is decided (the official editing pipeline's
+    start_step; SEGA's edit warm-up). ``EditPipeline`` itself defaults to 0 (every step), as the paper edits."""
+    return int(round(EDIT_WARMUP * num_inference_steps))
 
 
 @dataclass
@@ -75,7 +85,7 @@ class EditPipeline:
         self.scheduler = ddim_scheduler(pipe)
         if bank is not None:
             bank.install(pipe)
-            spec = getattr(pipe, "noiseclr_spec", "")
+            spec = pipeline_spec(pipe)
             if bank.base_model and spec and bank.base_model.split(":")[0] != spec.split(":")[0]:
                 warnings.warn(f"Directions were learned on {bank.base_model!r}, the pipeline is {spec!r}.", stacklevel=2)
         self._embed_cache: dict[str, torch.Tensor] = {}

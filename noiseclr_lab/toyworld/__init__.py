@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from noiseclr_lab.compat import dtype_kwargs
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.toyworld.domains import Domain, Factor, get_domain, list_domains, register_domain
 
@@ -20,8 +21,6 @@ def load_toy_pipeline(domain: str, dtype=None):
     folder = ASSET_DIR / "pipeline"
     if not (folder / "model_index.json").is_file():
         raise NoiseCLRLabError(f"The toy diffusion model is missing from {folder}; {BUILD_HINT}.")
-    from noiseclr_lab.models import dtype_kwargs
-
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, **dtype_kwargs(dtype or torch.float32), safety_checker=None, requires_safety_checker=False,
         local_files_only=True,

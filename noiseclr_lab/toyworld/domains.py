@@ -263,3 +263,10 @@ def list_domains() -> list[str]:
 
 for _d in (FacesDomain(), ShapesDomain(), ScenesDomain()):
     register_domain(_d)
+
+
+def zero_shot_prompts(dom, factor: str) -> list[str]:
+    """One prompt per value of ``factor``, naming that factor alone ("a cartoon face with red hair")."""
+    j = [f.name for f in dom.factors].index(factor)
+    base = dom.sample(np.random.default_rng(0), 1)[0]
+    return [dom.join([dom.phrases(base | {factor: v})[j]]) for v in dom.factor(factor).values]

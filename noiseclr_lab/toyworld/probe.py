@@ -97,17 +97,6 @@ class Probe:
         return ProbeReading(labels={f: v.argmax(-1) for f, v in p.items()}, probs=p, values=self.values)
 
 
-def save_probe(model: FactorProbe, domain: str, folder: Path, extra: dict | None = None) -> None:
-    """``probe_<domain>.safetensors`` (fp16 weights) + ``probe_<domain>.json`` (factors, width)."""
-    from noiseclr_lab.directions.bank import atomic_save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_file({k: v.half() for k, v in model.state_dict().items()}, folder / f"probe_{domain}.safetensors")
-    info = {"domain": domain, "factors": {f.name: list(f.values) for f in get_domain(domain).factors},
-            "width": model.trunk[0].out_channels} | (extra or {})
-    (folder / f"probe_{domain}.json").write_text(json.dumps(info, indent=2))
-
-
 def load_probe_from(folder: Path, domain: str, device: str | torch.device = "cpu") -> Probe:
     """Load ``probe_<domain>`` from ``folder``."""
     from safetensors.torch import load_file

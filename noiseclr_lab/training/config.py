@@ -18,7 +18,7 @@ class TrainConfig:
 
     model: str = "toy:faces"  # model spec for load_pipeline: toy:<domain>, hub id, folder or single file
     data: str = "toy:faces"  # image folder, or toy:<domain> to render num_images toy images
-    out: str = "runs/noiseclr"  # run folder (DESIGN.md s3 layout)
+    out: str = "runs/noiseclr"  # run folder (layout: noiseclr_lab.store.RunDir)
     num_directions: int = 12  # K, the number of directions (new tokens <d1>..<dK>)
     steps: int = 300  # optimisation steps
     batch_size: int = 6  # B, images per step per process (the official default)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from noiseclr_lab.editing.images import prepare_image
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import save_safetensors_atomic
 from noiseclr_lab.toyworld.render import FACTORS_CSV
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -72,7 +73,6 @@ def encode_dataset(pipe, images, fingerprint: str, model_spec: str, cache_dir: s
     """Scaled VAE latents (N, C, h, w) float32 of ``images``, from the cache when the same data and model were seen."""
     from safetensors.torch import load_file
 
-    from noiseclr_lab.directions.bank import atomic_save_file
     from noiseclr_lab.editing.inversion import encode_images
 
     vae = pipe.vae
@@ -88,6 +88,6 @@ def encode_dataset(pipe, images, fingerprint: str, model_spec: str, cache_dir: s
     latents = torch.cat(out)
     if not torch.isfinite(latents).all():
         raise NoiseCLRLabError("The VAE produced non-finite latents; try dtype fp32 for this model.")
-    atomic_save_file({"latents": latents}, path, metadata={"fingerprint": fingerprint, "model": model_spec})
+    save_safetensors_atomic({"latents": latents}, path, metadata={"fingerprint": fingerprint, "model": model_spec})
     os.utime(path)
     return latents

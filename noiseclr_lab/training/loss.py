@@ -1,4 +1,4 @@
-"""The NoiseCLR contrastive objective (DESIGN.md s1).
+"""The NoiseCLR contrastive objective (docs/design.md, "Method").
 
 Edits D[n, k] = eps(z_n^t, t, E("<dk>")) - eps(z_n^t, t, E("")) for B images n and M directions k.
 For an anchor direction k, with sim the cosine similarity of the flattened edits and tau the temperature:

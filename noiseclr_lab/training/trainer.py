@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from noiseclr_lab._version import __version__
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
+from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import save_image_atomic, write_json_atomic, write_text_atomic
+from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
+from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
 from noiseclr_lab.training.loss import noiseclr_loss
 
@@ -87,23 +89,17 @@ def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + micro)
 
 
-def _latest_checkpoint(run: Path) -> Path | None:
-    cks = sorted((p for p in (run / "checkpoints").glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
-                 key=lambda p: int(p.name[5:]))
-    return cks[-1] if cks else None
-
-
 class Trainer:
     """Set up once, then ``run()``; see the module docstring for the step."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         from accelerate import Accelerator
 
-        from noiseclr_lab.models import load_pipeline
         from noiseclr_lab.training.data import encode_dataset, load_training_images
 
         self.cfg = cfg
-        self.run_dir = Path(cfg.out)
+        self.rundir = RunDir(cfg.out)
+        self.run_dir = self.rundir.path
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
                                log_with=log_with, project_dir=str(self.run_dir))
@@ -111,16 +107,15 @@ class Trainer:
         self.start_step = 0
         ck = None
         if resume:
-            ck = _latest_checkpoint(self.run_dir)
+            ck = self.rundir.latest_checkpoint()
             if ck is None:
-                raise NoiseCLRLabError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}.")
+                raise NoiseCLRLabError(f"--resume: no checkpoint in {self.rundir.checkpoints_dir}.")
             self._check_resumable()
-        elif acc.is_main_process and (self.run_dir / "checkpoints").exists() and any((self.run_dir / "checkpoints").iterdir()):
+        elif acc.is_main_process and self.rundir.has_checkpoints():
             raise NoiseCLRLabError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out.")
 
         dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
         self.pipe = pipe = load_pipeline(cfg.model, device=acc.device, dtype=dtype)
-        pipe.noiseclr_spec = cfg.model
         for m in (pipe.unet, pipe.vae, pipe.text_encoder):
             m.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -185,17 +180,16 @@ class Trainer:
         return noise
 
     def _check_resumable(self) -> None:
-        path = self.run_dir / "config.json"
-        if not path.is_file():
-            raise NoiseCLRLabError(f"--resume: {path} is missing.")
-        old = json.loads(path.read_text())["config"]
+        if not self.rundir.config_path.is_file():
+            raise NoiseCLRLabError(f"--resume: {self.rundir.config_path} is missing.")
+        old = self.rundir.read_config()["config"]
         new = self.cfg.to_dict()
         diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         if diff:
             raise NoiseCLRLabError(f"--resume: the config differs from the run's in {diff}; those must stay the same.")
 
     def _load_checkpoint(self, ck: Path) -> None:
-        bank = DirectionBank.load(ck / "directions.safetensors")
+        bank = DirectionBank.load(ck / RunDir.DIRECTIONS)
         if bank.tokens != self.tokens:
             raise NoiseCLRLabError(f"Checkpoint {ck} holds tokens {bank.tokens[:3]}..., not this run's.")
         with torch.no_grad():
@@ -207,8 +201,6 @@ class Trainer:
 
     def provenance(self) -> dict:
         import diffusers
-
-        from noiseclr_lab import __version__
 
         return {"noiseclr_lab": __version__, "git_sha": _git_sha(), "base_model": self.cfg.model,
                 "data": self.data_fingerprint, "seed": self.cfg.seed, "num_processes": self.acc.num_processes,
@@ -222,39 +214,27 @@ class Trainer:
                              training_config=self.cfg.to_dict())
 
     def save_checkpoint(self, step: int) -> Path:
-        """checkpoints/step-N/ (directions, optimizer, state) via a temporary folder + rename; main process only."""
-        ck_root = self.run_dir / "checkpoints"
-        ck_root.mkdir(parents=True, exist_ok=True)
-        final = ck_root / f"step-{step}"
-        tmp = ck_root / f".step-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.bank().save(tmp / "directions.safetensors")
-        torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time()}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        self.bank().save(self.run_dir / "directions.safetensors")
-        old = sorted((p for p in ck_root.glob("step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-        for p in old[: -self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
-            shutil.rmtree(p, ignore_errors=True)
+        """checkpoints/step-N/ (directions, optimizer, state), complete or absent (``RunDir.write_checkpoint``);
+        then the run's directions.safetensors. Main process only."""
+        bank = self.bank()
+
+        def fill(folder: Path) -> None:
+            bank.save(folder / RunDir.DIRECTIONS)
+            save_torch_atomic(self.opt.state_dict(), folder / "optimizer.pt")
+            write_json_atomic(folder / "state.json", {"step": step, "time": time.time()})
+
+        final = self.rundir.write_checkpoint(step, fill, keep=self.cfg.keep_checkpoints)
+        bank.save(self.rundir.directions_path)
         return final
 
     def validation_grid(self, step: int) -> Path:
-        from noiseclr_lab.analysis.groundtruth import default_edit_start
-        from noiseclr_lab.editing import EditPipeline
-        from noiseclr_lab.editing.grid import edit_grid
-
         c = self.cfg
         ep = EditPipeline(self.pipe, self.bank())
         grid = edit_grid(ep, self.tokens, [-c.validation_scale, 0.0, c.validation_scale],
                          seeds=list(range(c.validation_seeds)), prompt=c.validation_prompt,
                          num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance,
                          edit_start=default_edit_start(c.validation_steps))  # as evaluate-gt scores them
-        folder = self.run_dir / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step-{step}.png"
+        path = self.rundir.validation_image(step)
         save_image_atomic(grid, path)
         return path
 
@@ -326,20 +306,18 @@ class Trainer:
     def run(self) -> Path:
         acc, c = self.acc, self.cfg
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", {"config": c.to_dict(), "provenance": self.provenance(),
-                                                              "tokens": self.tokens})
+            self.rundir.write_config({"config": c.to_dict(), "provenance": self.provenance(), "tokens": self.tokens})
             if self.start_step == 0:
-                (self.run_dir / "metrics.jsonl").write_text("")
-                self.bank().save(self.run_dir / "initial_directions.safetensors")
+                self.rundir.reset_metrics()
+                self.bank().save(self.rundir.initial_directions_path)
             else:
-                self._truncate_metrics(self.start_step)
+                self.rundir.truncate_metrics(self.start_step)
         if acc.trackers == [] and acc.log_with:
             acc.init_trackers("noiseclr", config={k: v for k, v in c.to_dict().items() if isinstance(v, (int, float, str, bool))})
         bar = tqdm(total=c.steps, initial=self.start_step, desc="NoiseCLR", unit="step", disable=not acc.is_main_process)
         images = 0
         t_last = time.perf_counter()
-        last_good = _latest_checkpoint(self.run_dir)
+        last_good = self.rundir.latest_checkpoint()
         for step in range(self.start_step, c.steps):
             for pg in self.opt.param_groups:
                 pg["lr"] = self.lr_at(step)
@@ -363,9 +341,8 @@ class Trainer:
             ips = images / max(now - t_last, 1e-9)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{ips:.1f}")
             if acc.is_main_process and (done % c.log_every == 0 or done == c.steps):
-                with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps({"step": done, "loss": total, "lr": self.lr_at(step), "time": time.time(),
-                                         "images_per_s": ips}) + "\n")
+                self.rundir.append_metrics({"step": done, "loss": total, "lr": self.lr_at(step), "time": time.time(),
+                                         "images_per_s": ips})
                 images, t_last = 0, now
                 acc.log({"loss": total, "lr": self.lr_at(step)}, step=done)
             if (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.steps:
@@ -379,13 +356,7 @@ class Trainer:
         acc.end_training()
         return self.run_dir
 
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            write_text_atomic(path, "".join(ln + "\n" for ln in keep))
-
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train directions as ``cfg`` says; returns the run folder (DESIGN.md s3)."""
+    """Train directions as ``cfg`` says; returns the run folder (layout: ``noiseclr_lab.store.RunDir``)."""
     return Trainer(cfg, resume=resume).run()

@@ -24,7 +24,3 @@ def compute_coverage(effect, min_modularity: float = MIN_MODULARITY, min_effect:
     """Covered factor count and fraction."""
     return _compute_coverage(np.asarray(effect, dtype=np.float64), min_modularity, min_effect)
 
-
-from noiseclr_lab.analysis.metrics import register_metric  # noqa: E402
-
-register_metric("coverage", compute_coverage)

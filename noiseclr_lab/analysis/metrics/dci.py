@@ -35,7 +35,3 @@ def compute_dci(effect) -> dict[str, float]:
     """Effect-weighted disentanglement of directions and completeness of factors, each in [0, 1]."""
     return _compute_dci(np.asarray(effect))
 
-
-from noiseclr_lab.analysis.metrics import register_metric  # noqa: E402
-
-register_metric("dci", compute_dci)

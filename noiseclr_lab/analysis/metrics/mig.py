@@ -23,7 +23,3 @@ def compute_mig(effect) -> dict[str, float]:
     """Mean normalised gap between the best and second-best direction per factor."""
     return _compute_mig(np.asarray(effect))
 
-
-from noiseclr_lab.analysis.metrics import register_metric  # noqa: E402
-
-register_metric("mig", compute_mig)

@@ -41,7 +41,3 @@ def compute_modularity(effect, min_effect: float = MIN_EFFECT) -> dict[str, floa
     """Mean modularity of the active directions (and of all, inactive as 0), and the active count."""
     return _compute_modularity(np.asarray(effect), min_effect)
 
-
-from noiseclr_lab.analysis.metrics import register_metric  # noqa: E402
-
-register_metric("modularity", compute_modularity)

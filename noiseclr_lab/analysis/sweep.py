@@ -1,0 +1,117 @@
+"""The sweep engine: every direction of a bank x every scale x S seeds, through ``EditPipeline``.
+
+For direction k the n_scales x S edited images go through the pipeline as one batch (one scale per image),
+ordered scale-major (image i = scale i // S, seed i % S). Edits start at denoising step ``edit_start``; the
+unedited warm-up steps before it are the same for every direction and scale, so they run once per seed and
+every batch continues from their latents. The sweep returns images; a ``Reader`` turns them into
+probabilities (``read_sweep``), so the toy probe and a CLIP reader judge the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from noiseclr_lab.analysis.readers import Reader, check_reading
+from noiseclr_lab.editing import EditPipeline, default_edit_start
+from noiseclr_lab.errors import NoiseCLRLabError
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep's images depend on (besides the bank and the model)."""
+
+    scales: tuple[float, ...]  # edit scales, applied to every direction
+    seeds: int = 12  # S: noise seeds 0..S-1, the same for every direction and scale
+    prompt: str = ""  # the prompt every image is generated from
+    num_inference_steps: int = 15  # DDIM steps
+    guidance_scale: float = 3.0  # classifier-free guidance of the generated images
+    edit_start: int | None = None  # first edited step (None: editing.default_edit_start(num_inference_steps))
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales:
+            raise NoiseCLRLabError("A sweep needs at least one scale.")
+        if self.seeds < 1:
+            raise NoiseCLRLabError(f"A sweep needs at least one seed, got {self.seeds}.")
+        if self.edit_start is None:
+            object.__setattr__(self, "edit_start", default_edit_start(self.num_inference_steps))
+        if not 0 <= self.edit_start < self.num_inference_steps:
+            raise NoiseCLRLabError(f"edit_start must be a denoising step in [0, {self.num_inference_steps}), "
+                                   f"got {self.edit_start}.")
+
+    def as_dict(self) -> dict:
+        return {"scales": list(self.scales), "seeds": self.seeds, "prompt": self.prompt,
+                "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                "edit_start": self.edit_start}
+
+
+@dataclass
+class SweepReading:
+    """One reader's probabilities over a whole sweep."""
+
+    values: dict[str, tuple[str, ...]]  # {group: value names}
+    base: dict[str, np.ndarray]  # {group: (S, V)} the unedited images
+    edited: dict[str, np.ndarray]  # {group: (n_scales, K, S, V)}
+    tokens: list[str]  # the K directions, in bank order
+    settings: SweepSettings
+
+
+@torch.no_grad()
+def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True
+               ) -> Iterator[tuple[int | None, torch.Tensor]]:
+    """Yield ``(None, base)`` then ``(k, edited)`` for each direction k of ``edit_pipe.bank``.
+
+    base (S, 3, H, W) and edited (n_scales * S, 3, H, W) are float images in [0, 1] on the pipeline's device.
+    """
+    bank = edit_pipe.bank
+    if bank is None or len(bank) == 0:
+        raise NoiseCLRLabError("A sweep needs an EditPipeline with a non-empty direction bank.")
+    s = settings
+    n, S = len(s.scales), s.seeds
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(S)]
+
+    common = dict(num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
+    warm = None if s.edit_start == 0 else edit_pipe([s.prompt] * S, generator=gens(), stop_step=s.edit_start,
+                                                    output_type="latent", **common).images
+
+    def start(reps: int) -> dict:  # where a batch of reps x S images begins
+        if warm is None:
+            return {"generator": [g for _ in range(reps) for g in gens()]}
+        return {"latents": warm.repeat(reps, 1, 1, 1), "start_step": s.edit_start}
+
+    yield None, edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images
+    lam = [scale for scale in s.scales for _ in range(S)]
+    for k, tok in enumerate(tqdm(bank.tokens, desc="sweep", disable=not progress, leave=False)):
+        yield k, edit_pipe([s.prompt] * len(lam), edits={tok: lam}, edit_start=s.edit_start, output_type="pt",
+                           **start(n), **common).images
+
+
+def read_sweep(edit_pipe: EditPipeline, readers: Reader | Mapping[str, Reader], settings: SweepSettings,
+               progress: bool = True) -> SweepReading | dict[str, SweepReading]:
+    """Run the sweep once and let every reader read every image as it comes (images are not kept).
+
+    One reader gives one ``SweepReading``; a mapping ``{name: reader}`` gives ``{name: SweepReading}``.
+    """
+    single = not isinstance(readers, Mapping)
+    named = {"": readers} if single else dict(readers)
+    K, n, S = len(edit_pipe.bank), len(settings.scales), settings.seeds
+    out = {name: SweepReading(values={g: tuple(v) for g, v in r.values.items()}, base={},
+                              edited={g: np.zeros((n, K, S, len(v))) for g, v in r.values.items()},
+                              tokens=list(edit_pipe.bank.tokens), settings=settings)
+           for name, r in named.items()}
+    for k, images in iter_sweep(edit_pipe, settings, progress):
+        for name, r in named.items():
+            p = check_reading(r, r.read(images), len(images))
+            for g, v in p.items():
+                if k is None:
+                    out[name].base[g] = v
+                else:
+                    out[name].edited[g][:, k] = v.reshape(n, S, -1)
+    return out[""] if single else out

@@ -1,0 +1,67 @@
+"""Argument types and the parser class shared by every command group."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (argparse prints the usage block too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def name_value(text: str) -> tuple[str, float]:
+    """NAME=SCALE, e.g. '<d3>=4'."""
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SCALE such as '<d3>=4', got {text!r}") from None
+
+
+def name_window(text: str) -> tuple[str, tuple[int, int]]:
+    """NAME=START:END, e.g. '<d3>=0:25'."""
+    name, sep, value = text.rpartition("=")
+    try:
+        start, end = value.split(":")
+        if not sep or not name:
+            raise ValueError
+        return name, (int(start), int(end))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=START:END such as '<d3>=0:25', got {text!r}") from None
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated numbers, at least one."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one scale")
+    return values
+
+
+def int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``; anything else is 'expected <what>, got ...'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+nonnegative_int = int_at_least(0, "an integer >= 0")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")

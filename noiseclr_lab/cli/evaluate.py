@@ -1,0 +1,57 @@
+"""Evaluation commands: evaluate-gt and demo (they call ``noiseclr_lab.workflows`` and print its results)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from noiseclr_lab.cli.args import add_device, float_list, positive_int
+
+
+def cmd_evaluate_gt(args) -> int:
+    from noiseclr_lab.workflows import evaluate_gt
+
+    res = evaluate_gt(args.run, args.domain, seeds=args.seeds, scales=args.scales, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, baselines=[b for b in args.baselines.split(",") if b],
+                      device=args.device, noise_z=args.noise_z, edit_start=args.edit_start)
+    print(res.summary())
+    print(f"wrote {res.metrics_path} and {res.heatmap_path.name}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from noiseclr_lab.workflows import demo
+
+    res = demo(args.out, steps=args.steps, seeds=args.seeds, scales=args.scales, eval_steps=args.eval_steps,
+               device=args.device, log=print)
+    run = res.run.path
+    print(res.gt.summary())
+    print(f"[3/3] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
+          f"{res.gt.metrics_path}, {res.gt.heatmap_path}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("evaluate-gt", help="score a run's directions against the toy world's ground truth")
+    s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
+    s.add_argument("--domain", required=True, help="toy domain whose probe reads the factors (faces, shapes, scenes)")
+    s.add_argument("--seeds", type=positive_int, default=12, help="seeds per direction and scale (at least 2)")
+    s.add_argument("--noise-z", type=float, default=1.0,
+                   help="standard errors subtracted from every mean probe change (0: raw means)")
+    s.add_argument("--edit-start", type=int, default=None,
+                   help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
+    s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, -1.5, 1.5, 3.0, 6.0],
+                   help="scale sweep, e.g. --scales=-6,-3,3,6 (each direction is scored at its gentlest visible scale)")
+    s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
+    s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
+    s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
+    add_device(s)
+    s.set_defaults(func=cmd_evaluate_gt)
+
+    s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, write grids (~10 min CPU)")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
+    s.add_argument("--steps", type=positive_int, default=None, help="override the preset's training steps")
+    s.add_argument("--seeds", type=positive_int, default=12, help="evaluation seeds per direction and scale")
+    s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="evaluation scale sweep")
+    s.add_argument("--eval-steps", type=positive_int, default=15, help="denoising steps of evaluation images")
+    add_device(s)
+    s.set_defaults(func=cmd_demo)

@@ -1,0 +1,154 @@
+"""Workflows: the jobs people run, as functions that compute, write their artefacts and return results.
+
+The CLI, notebooks and the dashboard call these and only print or show what they return. Each takes a
+``log`` callback for its progress lines (``print`` in the CLI; None: silent) and shows progress bars for
+long loops.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from noiseclr_lab.analysis.groundtruth import (
+    CALIBRATION_THRESHOLD,
+    DEFAULT_SCALES,
+    NOISE_Z,
+    check_baselines,
+    effect_heatmap,
+    make_baseline,
+    score_bank,
+)
+from noiseclr_lab.analysis.readers import ProbeReader, Reader
+from noiseclr_lab.directions import DirectionBank
+from noiseclr_lab.editing import default_edit_start
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
+from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.store import RunDir
+from noiseclr_lab.toyworld import get_domain, load_probe
+from noiseclr_lab.toyworld.render import FACTORS_CSV, render_folder
+from noiseclr_lab.training import TrainConfig, load_preset, train
+
+GT_METRICS = "gt_metrics.json"
+GT_HEATMAP = "gt_effects.png"
+DEMO_BASELINES = ("random", "supervised")
+
+
+@dataclass
+class GTResult:
+    """What ``evaluate_gt`` wrote and found."""
+
+    run: RunDir
+    data: dict  # the content of analysis/gt_metrics.json: domain, factors, model, settings, banks
+    metrics_path: Path  # RUN/analysis/gt_metrics.json
+    heatmap_path: Path  # RUN/analysis/gt_effects.png
+
+    @property
+    def banks(self) -> dict:
+        """{bank name: {"metrics", "metrics_raw", "effect", "directions", ...}} (trained first, then baselines)."""
+        return self.data["banks"]
+
+    def summary(self) -> str:
+        """A fixed-width table: one row per bank (coverage, modularity, MIG, DCI, active; raw-mean scores)."""
+        n_f = len(self.data["factors"])
+        lines = [f"{'bank':<11} {'coverage':>8} {'modularity':>10} {'mig':>6} {'dci_D':>6} {'active':>6}   "
+                 f"(raw means: coverage, modularity)"]
+        for name, res in self.banks.items():
+            m, r = res["metrics"], res["metrics_raw"]
+            lines.append(f"{name:<11} {m['coverage']:>5.0f}/{n_f} {m['modularity_mean']:>10.2f} {m['mig_style']:>6.2f} "
+                         f"{m['dci_disentanglement']:>6.2f} {m['active_directions']:>6.0f}   "
+                         f"{r['coverage']:>5.0f}/{n_f} {r['modularity_mean']:>5.2f}")
+        return "\n".join(lines)
+
+
+def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *, reader: Reader | None = None,
+                seeds: int = 12, scales: Sequence[float] = DEFAULT_SCALES, num_inference_steps: int = 15,
+                prompt: str | None = None, guidance_scale: float = 3.0,
+                baselines: Sequence[str] = ("random", "init", "supervised"), device=None, progress: bool = True,
+                noise_z: float = NOISE_Z, edit_start: int | None = None) -> GTResult:
+    """Score a run's directions and its baselines against known factors; writes RUN/analysis/gt_metrics.json
+    and the heat map gt_effects.png.
+
+    Args:
+        run: a run folder (holds directions.safetensors).
+        domain: the toy domain whose probe reads the factors; its prompt head is the default prompt. May be
+            None when ``reader`` is given (then the default prompt is "" and the 'supervised' baseline is out).
+        reader: what reads the factors (default: ``ProbeReader(toyworld.load_probe(domain))``).
+        seeds, scales, num_inference_steps, guidance_scale, edit_start: the sweep (see ``analysis.sweep``).
+        baselines: names of baselines scored the same way (``analysis.groundtruth.list_baselines()``).
+    Returns:
+        A ``GTResult`` with the JSON content and the written paths.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    bank_path = run.require_directions()
+    check_baselines(baselines)
+    if domain is None and reader is None:
+        raise NoiseCLRLabError("Give a toy domain (its probe reads the factors) or a reader.")
+    dom = get_domain(domain) if domain is not None else None
+    bank = DirectionBank.load(bank_path)
+    model = bank.base_model or (f"toy:{domain}" if domain else "")
+    if not model:
+        raise NoiseCLRLabError(f"{bank_path} does not say which model it was trained on; give a domain.")
+    pipe = load_pipeline(model, device=device)
+    if reader is None:
+        reader = ProbeReader(load_probe(domain, device=pipe.device))
+    prompt = (dom.prefix if dom is not None else "") if prompt is None else prompt
+    edit_start = default_edit_start(num_inference_steps) if edit_start is None else edit_start
+    kw = dict(scales=[float(s) for s in scales], seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
+              num_inference_steps=num_inference_steps, noise_z=noise_z, edit_start=edit_start)
+    results = {"trained": score_bank(pipe, bank, reader, progress=progress, **kw)}
+    for name in baselines:
+        results[name] = score_bank(pipe, make_baseline(name, bank, run, pipe, domain), reader, progress=progress, **kw)
+    factors = list(reader.values)
+    data = {"domain": domain, "reader": type(reader).__name__, "factors": factors, "model": model,
+            "settings": kw | {"threshold": CALIBRATION_THRESHOLD}, "banks": results}
+    metrics_path, heatmap_path = run.analysis_file(GT_METRICS), run.analysis_file(GT_HEATMAP)
+    write_json_atomic(metrics_path, data)
+    save_image_atomic(effect_heatmap(results, factors), heatmap_path)
+    return GTResult(run=run, data=data, metrics_path=metrics_path, heatmap_path=heatmap_path)
+
+
+@dataclass
+class DemoResult:
+    """What ``demo`` produced."""
+
+    run: RunDir  # the trained run (directions, validation grids, analysis/)
+    data: Path  # the rendered training images
+    gt: GTResult  # the ground-truth scores of the run and its baselines
+    minutes: float  # wall time of the whole demo
+
+
+def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seeds: int = 12,
+         scales: Sequence[float] = (-6.0, -3.0, 3.0, 6.0), eval_steps: int = 15, device=None,
+         log: Callable[[str], None] | None = None) -> DemoResult:
+    """The whole loop on the toy faces model: render training faces, train the ``toy-faces`` preset (resuming a
+    stopped demo), score the directions and baselines against the toy probe.
+
+    Args:
+        out: the demo folder (``data/`` and ``run/`` go inside).
+        steps: override the preset's training steps.
+        seeds, scales, eval_steps: the evaluation sweep.
+        log: called with each progress line (None: silent).
+    """
+    say = log or (lambda _msg: None)
+    t0 = time.time()
+    out = Path(out)
+    values = load_preset("toy-faces") | {"out": str(out / "run"), "device": device or ""}
+    if steps:
+        values["steps"] = steps
+    data = out / "data"
+    if not (data / FACTORS_CSV).is_file():
+        render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
+    values["data"] = str(data)
+    cfg = TrainConfig.from_dict(values)
+    say(f"[1/3] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
+        f"({cfg.steps} steps)")
+    run = RunDir(train(cfg, resume=bool(RunDir(cfg.out).checkpoints())))
+    say("[2/3] scoring the directions against the toy probe (and baselines)")
+    gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
+                     baselines=DEMO_BASELINES, device=device)
+    return DemoResult(run=run, data=data, gt=gt, minutes=(time.time() - t0) / 60)
