@@ -100,9 +100,10 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     edit_start = default_edit_start(num_inference_steps) if edit_start is None else edit_start
     kw = dict(scales=[float(s) for s in scales], seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
               num_inference_steps=num_inference_steps, noise_z=noise_z, edit_start=edit_start)
+    others = {name: make_baseline(name, bank, run, pipe, domain) for name in baselines}  # fail before any sweep
     results = {"trained": score_bank(pipe, bank, reader, progress=progress, **kw)}
-    for name in baselines:
-        results[name] = score_bank(pipe, make_baseline(name, bank, run, pipe, domain), reader, progress=progress, **kw)
+    for name, other in others.items():
+        results[name] = score_bank(pipe, other, reader, progress=progress, **kw)
     factors = list(reader.values)
     data = {"domain": domain, "reader": type(reader).__name__, "factors": factors, "model": model,
             "settings": kw | {"threshold": CALIBRATION_THRESHOLD}, "banks": results}

@@ -1,0 +1,84 @@
+"""The sweep engine and readers on the tiny random pipeline: image order, one sweep for several readers,
+the shared warm-up, and readers that answer wrongly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from noiseclr_lab.analysis.groundtruth import effect_from_reading
+from noiseclr_lab.analysis.readers import Reader
+from noiseclr_lab.analysis.sweep import SweepSettings, iter_sweep, read_sweep
+from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
+from noiseclr_lab.editing import EditPipeline
+from noiseclr_lab.errors import NoiseCLRLabError
+
+
+class MeanColour:
+    """Share of each channel in the image's mean colour (a reader with one group)."""
+
+    values = {"colour": ("red", "green", "blue")}
+
+    def read(self, images):
+        m = images.float().mean((2, 3))
+        return {"colour": (m / m.sum(1, keepdim=True)).numpy()}
+
+
+class Brightness:
+    values = {"light": ("dark", "bright")}
+
+    def read(self, images):
+        p = torch.sigmoid((images.float().mean((1, 2, 3)) - 0.5) * 50).numpy()
+        return {"light": np.stack([1 - p, p], 1)}
+
+
+@pytest.fixture
+def edit_pipe(tiny_pipe):
+    bank = DirectionBank.random(2, 32, std=1.0, tokenizer_fingerprint=tokenizer_fingerprint(tiny_pipe.tokenizer))
+    return EditPipeline(tiny_pipe, bank)
+
+
+def test_readers_satisfy_the_protocol():
+    assert isinstance(MeanColour(), Reader) and isinstance(Brightness(), Reader)
+
+
+def test_sweep_images_are_the_pipelines_in_scale_major_order(edit_pipe):
+    s = SweepSettings(scales=(-2.0, 5.0), seeds=2, num_inference_steps=4, guidance_scale=1.0, edit_start=1)
+    got = dict(iter_sweep(edit_pipe, s, progress=False))
+    assert list(got) == [None, 0, 1] and got[None].shape[0] == 2 and got[1].shape[0] == 4
+    for i, (scale, seed) in enumerate([(-2.0, 0), (-2.0, 1), (5.0, 0), (5.0, 1)]):
+        direct = edit_pipe("", edits={"<d2>": scale}, windows={"<d2>": (1, 4)}, num_inference_steps=4,
+                           guidance_scale=1.0, generator=torch.Generator().manual_seed(seed), output_type="pt").images
+        torch.testing.assert_close(got[1][i : i + 1], direct, atol=1e-5, rtol=1e-4)
+
+
+def test_one_sweep_serves_several_readers(edit_pipe):
+    s = SweepSettings(scales=(3.0,), seeds=2, num_inference_steps=3, guidance_scale=1.0)
+    both = read_sweep(edit_pipe, {"colour": MeanColour(), "light": Brightness()}, s, progress=False)
+    alone = read_sweep(edit_pipe, MeanColour(), s, progress=False)
+    np.testing.assert_allclose(both["colour"].edited["colour"], alone.edited["colour"])
+    assert both["light"].edited["light"].shape == (1, 2, 2, 2)  # (n_scales, K, S, V)
+    shrunk, raw = effect_from_reading(alone, noise_z=0.0)
+    assert shrunk.shape == (1, 2, 1) and np.allclose(shrunk, raw)
+
+
+def test_bad_readers_and_settings_are_one_error(edit_pipe):
+    class WrongShape(MeanColour):
+        def read(self, images):
+            return {"colour": np.zeros((len(images), 2))}
+
+    class Missing(MeanColour):
+        def read(self, images):
+            return {}
+
+    s = SweepSettings(scales=(1.0,), seeds=1, num_inference_steps=2, guidance_scale=1.0)
+    with pytest.raises(NoiseCLRLabError, match="expected"):
+        read_sweep(edit_pipe, WrongShape(), s, progress=False)
+    with pytest.raises(NoiseCLRLabError, match="no reading for group 'colour'"):
+        read_sweep(edit_pipe, Missing(), s, progress=False)
+    with pytest.raises(NoiseCLRLabError, match="edit_start"):
+        SweepSettings(scales=(1.0,), num_inference_steps=4, edit_start=4)
+    with pytest.raises(NoiseCLRLabError, match="at least one scale"):
+        SweepSettings(scales=())
+    assert SweepSettings(scales=(1,), num_inference_steps=15).edit_start == 3  # the editing layer's default warm-up

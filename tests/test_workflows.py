@@ -1,0 +1,81 @@
+"""Workflows end to end on the tiny random pipeline: evaluate_gt with a real, simple reader of our own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+
+from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.workflows import evaluate_gt
+
+
+class RegionColourReader:
+    """Which colour channel dominates each quadrant: a softmax over the quadrant's mean R, G, B."""
+
+    def __init__(self, grid: int = 2, temperature: float = 0.005):
+        self.grid, self.temperature = grid, temperature
+        self.values = {f"region{i}{j}": ("red", "green", "blue") for i in range(grid) for j in range(grid)}
+
+    def read(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        n, c, h, w = images.shape
+        g = self.grid
+        x = images.float().reshape(n, c, g, h // g, g, w // g).mean((3, 5))  # (N, 3, g, g)
+        return {f"region{i}{j}": (x[:, :, i, j] / self.temperature).softmax(1).numpy()
+                for i in range(g) for j in range(g)}
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """A tiny random SD whose cross-attention outputs are amplified (so that text moves the image), and a run
+    with two directions: a planted one (a large random embedding) and a null one. The null direction's
+    embedding is the end-of-text row: "<null>" then encodes exactly as the empty prompt (padding is that
+    token too), so its edit eps(E("<null>")) - eps(E("")) is zero on every step."""
+    root = tmp_path_factory.mktemp("planted")
+    pipe = make_tiny_pipeline()
+    with torch.no_grad():
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                module.weight.mul_(200.0)
+    pipe.save_pretrained(root / "sd")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    planted = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0)) * table.norm(dim=1).mean() * 3
+    bank = DirectionBank(torch.stack([planted, table[pipe.tokenizer.eos_token_id]]), ["<planted>", "<null>"],
+                         base_model=str(root / "sd"), tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
+    run = root / "run"
+    bank.save(run / "directions.safetensors")
+    return run
+
+
+def test_evaluate_gt_detects_a_planted_effect_and_not_a_null_direction(planted_run):
+    res = evaluate_gt(planted_run, None, reader=RegionColourReader(), seeds=6, scales=(3.0, 10.0),
+                      num_inference_steps=4, baselines=("random",), device="cpu", progress=False, edit_start=0)
+    trained = res.banks["trained"]
+    effect = np.asarray(trained["effect"])  # (K=2, F=4), noise-corrected
+    raw = np.asarray(trained["sweep_raw"])  # (n_scales, K, F)
+    assert effect[0].max() > 0.05, effect  # the planted direction moves some region's colour on every seed
+    assert np.all(raw[:, 1] == 0.0) and np.all(effect[1] == 0.0)  # the null direction moves nothing at any scale
+    assert trained["directions"][1]["active"] is False
+    # what was written is what was returned, and the summary names every bank
+    on_disk = json.loads(res.metrics_path.read_text())
+    assert on_disk["banks"]["trained"]["effect"] == trained["effect"]
+    assert on_disk["reader"] == "RegionColourReader" and on_disk["factors"] == list(RegionColourReader().values)
+    assert on_disk["settings"]["num_inference_steps"] == 4 and on_disk["settings"]["guidance_scale"] == 3.0
+    assert res.heatmap_path.is_file() and res.metrics_path.parent == planted_run / "analysis"
+    assert [ln.split()[0] for ln in res.summary().splitlines()[1:]] == ["trained", "random"]
+
+
+def test_evaluate_gt_refuses_bad_input_before_work(planted_run, tmp_path):
+    with pytest.raises(NoiseCLRLabError, match="not a run folder"):
+        evaluate_gt(tmp_path, "faces")
+    with pytest.raises(NoiseCLRLabError, match="Unknown baseline 'nope'; known: init, random, supervised"):
+        evaluate_gt(planted_run, None, reader=RegionColourReader(), baselines=("nope",))
+    with pytest.raises(NoiseCLRLabError, match="domain .* or a reader"):
+        evaluate_gt(planted_run, None)
+    with pytest.raises(NoiseCLRLabError, match="supervised.*domain"):
+        evaluate_gt(planted_run, None, reader=RegionColourReader(), seeds=2, scales=(1.0,), num_inference_steps=2,
+                    baselines=("supervised",), device="cpu", progress=False)
