@@ -23,6 +23,7 @@ from noiseclr_lab.analysis.groundtruth import (
     score_bank,
 )
 from noiseclr_lab.analysis.readers import ProbeReader, Reader
+from noiseclr_lab.analysis.sweep import SweepSettings, sweep_cache_dir
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
@@ -69,7 +70,7 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
                 seeds: int = 12, scales: Sequence[float] = DEFAULT_SCALES, num_inference_steps: int = 15,
                 prompt: str | None = None, guidance_scale: float = 3.0,
                 baselines: Sequence[str] = ("random", "init", "supervised"), device=None, progress: bool = True,
-                noise_z: float = NOISE_Z, edit_start: int | None = None) -> GTResult:
+                noise_z: float = NOISE_Z, edit_start: int | None = None, cache_sweeps: bool = False) -> GTResult:
     """Score a run's directions and its baselines against known factors; writes RUN/analysis/gt_metrics.json
     and the heat map gt_effects.png.
 
@@ -80,6 +81,9 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
         reader: what reads the factors (default: ``ProbeReader(toyworld.load_probe(domain))``).
         seeds, scales, num_inference_steps, guidance_scale, edit_start: the sweep (see ``analysis.sweep``).
         baselines: names of baselines scored the same way (``analysis.groundtruth.list_baselines()``).
+        cache_sweeps: keep every bank's sweep images in RUN/analysis/sweeps/<key>/ (8-bit), so a rerun or
+            another reader with the same settings generates nothing; scores then come from the 8-bit
+            images and can differ from the in-memory float path in the third decimal.
     Returns:
         A ``GTResult`` with the JSON content and the written paths.
     """
@@ -101,12 +105,18 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     kw = dict(scales=[float(s) for s in scales], seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
               num_inference_steps=num_inference_steps, noise_z=noise_z, edit_start=edit_start)
     others = {name: make_baseline(name, bank, run, pipe, domain) for name in baselines}  # fail before any sweep
-    results = {"trained": score_bank(pipe, bank, reader, progress=progress, **kw)}
+    settings = SweepSettings(scales=tuple(kw["scales"]), seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
+                             num_inference_steps=num_inference_steps, edit_start=edit_start)
+
+    def cache(b: DirectionBank):
+        return sweep_cache_dir(run, b, model, settings) if cache_sweeps else None
+
+    results = {"trained": score_bank(pipe, bank, reader, progress=progress, cache=cache(bank), **kw)}
     for name, other in others.items():
-        results[name] = score_bank(pipe, other, reader, progress=progress, **kw)
+        results[name] = score_bank(pipe, other, reader, progress=progress, cache=cache(other), **kw)
     factors = list(reader.values)
     data = {"domain": domain, "reader": type(reader).__name__, "factors": factors, "model": model,
-            "settings": kw | {"threshold": CALIBRATION_THRESHOLD}, "banks": results}
+            "settings": kw | {"threshold": CALIBRATION_THRESHOLD, "cache_sweeps": cache_sweeps}, "banks": results}
     metrics_path, heatmap_path = run.analysis_file(GT_METRICS), run.analysis_file(GT_HEATMAP)
     write_json_atomic(metrics_path, data)
     save_image_atomic(effect_heatmap(results, factors), heatmap_path)

@@ -82,3 +82,34 @@ def test_bad_readers_and_settings_are_one_error(edit_pipe):
     with pytest.raises(NoiseCLRLabError, match="at least one scale"):
         SweepSettings(scales=())
     assert SweepSettings(scales=(1,), num_inference_steps=15).edit_start == 3  # the editing layer's default warm-up
+
+
+def test_cached_sweep_resumes_and_is_reused_without_generating(edit_pipe, tmp_path):
+    from noiseclr_lab.analysis.sweep import sweep_cache_dir
+    from noiseclr_lab.store import RunDir
+
+    s = SweepSettings(scales=(-2.0, 4.0), seeds=2, num_inference_steps=3, guidance_scale=1.0, edit_start=1)
+    folder = sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, "tiny", s)
+    assert folder.parent == tmp_path / "analysis" / "sweeps"
+    first = read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["base.safetensors", "d0000.safetensors",
+                                                                     "d0001.safetensors"]
+    (folder / "d0001.safetensors").unlink()  # an interrupted sweep: the last batch is missing
+    calls = []
+    hook = edit_pipe.pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        again = read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)
+        n_resumed = len(calls)
+        calls.clear()
+        read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)
+    finally:
+        hook.remove()
+    assert n_resumed == 1 + 2 and calls == []  # warm-up step + the two edited steps of d0001; then nothing
+    np.testing.assert_allclose(again.edited["colour"], first.edited["colour"], atol=1e-6)
+    np.testing.assert_allclose(again.base["colour"], first.base["colour"], atol=1e-6)
+    # another bank, model or setting is another folder
+    other = SweepSettings(scales=(-2.0, 4.0), seeds=3, num_inference_steps=3, guidance_scale=1.0, edit_start=1)
+    assert sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, "tiny", other) != folder
+    (folder / "base.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NoiseCLRLabError, match="damaged"):
+        read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)

@@ -28,6 +28,7 @@ baselines, write ``analysis/gt_metrics.json``) is ``noiseclr_lab.workflows.evalu
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -160,7 +161,8 @@ def make_baseline(name: str, bank: DirectionBank, run: RunDir, pipe, domain: str
 
 def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES, seeds: int = 12, prompt: str = "",
                guidance_scale: float = 3.0, num_inference_steps: int = 15, threshold: float = CALIBRATION_THRESHOLD,
-               progress: bool = True, noise_z: float = NOISE_Z, edit_start: int | None = None) -> dict:
+               progress: bool = True, noise_z: float = NOISE_Z, edit_start: int | None = None,
+               cache: Path | None = None) -> dict:
     """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix
     (``metrics_raw``: the same scored on raw mean changes, at the same calibrated scales). Edits are applied
     from denoising step ``edit_start`` on (None: ``editing.default_edit_start(num_inference_steps)``).
@@ -169,6 +171,7 @@ def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES,
         pipe: a loaded StableDiffusionPipeline (``models.load_pipeline``).
         bank: the K directions to score.
         reader: what reads the factors (``ProbeReader(toyworld.load_probe(domain))`` on the toy world).
+        cache: a folder to keep the sweep's images in (``analysis.sweep.sweep_cache_dir``); None: in memory.
     Returns:
         {"metrics", "metrics_raw", "effect" (K x F), "sweep" / "sweep_raw" (n_scales x K x F), "directions"}.
     """
@@ -176,7 +179,7 @@ def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES,
         raise NoiseCLRLabError(f"ground-truth scoring needs at least 2 seeds (got {seeds}).")
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, edit_start=edit_start)
-    reading = read_sweep(EditPipeline(pipe, bank), reader, settings, progress)
+    reading = read_sweep(EditPipeline(pipe, bank), reader, settings, progress, cache)
     sweep, raw = effect_from_reading(reading, noise_z)
     eff, chosen = calibrate(sweep, scales, threshold)
     idx = [list(scales).index(c) for c in chosen]

@@ -4,21 +4,30 @@ For direction k the n_scales x S edited images go through the pipeline as one ba
 ordered scale-major (image i = scale i // S, seed i % S). Edits start at denoising step ``edit_start``; the
 unedited warm-up steps before it are the same for every direction and scale, so they run once per seed and
 every batch continues from their latents. The sweep returns images; a ``Reader`` turns them into
-probabilities (``read_sweep``), so the toy probe and a CLIP reader judge the same images.
+probabilities (``read_sweep``), so the toy probe and a CLIP reader judge the same images. With a cache
+folder (``sweep_cache_dir``: RUN/analysis/sweeps/<content key>/) the images are kept on disk as 8-bit
+images, one file per batch, so an interrupted sweep resumes and a later reader of the same settings
+generates nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from noiseclr_lab.analysis.readers import Reader, check_reading
+from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import save_safetensors_atomic, write_json_atomic
+from noiseclr_lab.store import RunDir
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,30 @@ class SweepReading:
     settings: SweepSettings
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (what a PNG holds; how sweeps are cached)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def sweep_cache_dir(run: RunDir, bank: DirectionBank, model: str, settings: SweepSettings,
+                    negative_prompt: str | None = None) -> Path:
+    """RUN/analysis/sweeps/<key>/ for this bank, model spec and settings (``RunDir.sweep_key``)."""
+    s = settings
+    key = RunDir.sweep_key(bank_hash=bank.content_hash(), model=model, prompt=s.prompt, scales=s.scales,
+                           seeds=s.seeds, num_inference_steps=s.num_inference_steps, edit_start=s.edit_start,
+                           guidance_scale=s.guidance_scale, negative_prompt=negative_prompt)
+    return run.sweep_dir(key)
+
+
 @torch.no_grad()
-def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True
+def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None
                ) -> Iterator[tuple[int | None, torch.Tensor]]:
     """Yield ``(None, base)`` then ``(k, edited)`` for each direction k of ``edit_pipe.bank``.
 
     base (S, 3, H, W) and edited (n_scales * S, 3, H, W) are float images in [0, 1] on the pipeline's device.
+    With ``cache`` (a folder, e.g. ``sweep_cache_dir(...)``) each batch is stored there as 8-bit images the
+    first time and read back afterwards, so an interrupted sweep resumes and other readers reuse it; the
+    images are then the 8-bit ones on the first pass too, so cached and fresh passes agree exactly.
     """
     bank = edit_pipe.bank
     if bank is None or len(bank) == 0:
@@ -78,24 +105,48 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
         return [torch.Generator().manual_seed(i) for i in range(S)]
 
     common = dict(num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
-    warm = None if s.edit_start == 0 else edit_pipe([s.prompt] * S, generator=gens(), stop_step=s.edit_start,
-                                                    output_type="latent", **common).images
+    warm_cache: list[torch.Tensor | None] = []
+
+    def warm() -> torch.Tensor | None:  # the shared unedited warm-up, computed on first need
+        if not warm_cache:
+            warm_cache.append(None if s.edit_start == 0 else edit_pipe(
+                [s.prompt] * S, generator=gens(), stop_step=s.edit_start, output_type="latent", **common).images)
+        return warm_cache[0]
 
     def start(reps: int) -> dict:  # where a batch of reps x S images begins
-        if warm is None:
+        w = warm()
+        if w is None:
             return {"generator": [g for _ in range(reps) for g in gens()]}
-        return {"latents": warm.repeat(reps, 1, 1, 1), "start_step": s.edit_start}
+        return {"latents": w.repeat(reps, 1, 1, 1), "start_step": s.edit_start}
 
-    yield None, edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images
+    def cached(name: str, make) -> torch.Tensor:
+        if cache is None:
+            return make()
+        path = Path(cache) / f"{name}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))["images"].to(edit_pipe.device).float() / 255
+            except (SafetensorError, OSError, KeyError) as e:
+                raise NoiseCLRLabError(f"The cached sweep file {path} is damaged ({e}); delete it to recompute.") from e
+        img = to_uint8(make())
+        save_safetensors_atomic({"images": img}, path)
+        return img.to(edit_pipe.device).float() / 255
+
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(cache) / "settings.json", s.as_dict() | {"tokens": list(bank.tokens)})
+    yield None, cached("base", lambda: edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images)
     lam = [scale for scale in s.scales for _ in range(S)]
     for k, tok in enumerate(tqdm(bank.tokens, desc="sweep", disable=not progress, leave=False)):
-        yield k, edit_pipe([s.prompt] * len(lam), edits={tok: lam}, edit_start=s.edit_start, output_type="pt",
-                           **start(n), **common).images
+        yield k, cached(f"d{k:04d}", lambda tok=tok: edit_pipe(
+            [s.prompt] * len(lam), edits={tok: lam}, edit_start=s.edit_start, output_type="pt", **start(n),
+            **common).images)
 
 
 def read_sweep(edit_pipe: EditPipeline, readers: Reader | Mapping[str, Reader], settings: SweepSettings,
-               progress: bool = True) -> SweepReading | dict[str, SweepReading]:
-    """Run the sweep once and let every reader read every image as it comes (images are not kept).
+               progress: bool = True, cache: Path | None = None) -> SweepReading | dict[str, SweepReading]:
+    """Run the sweep once and let every reader read every image as it comes (images are not kept in memory;
+    with ``cache`` they are kept on disk, see ``iter_sweep``).
 
     One reader gives one ``SweepReading``; a mapping ``{name: reader}`` gives ``{name: SweepReading}``.
     """
@@ -106,7 +157,7 @@ def read_sweep(edit_pipe: EditPipeline, readers: Reader | Mapping[str, Reader], 
                               edited={g: np.zeros((n, K, S, len(v))) for g, v in r.values.items()},
                               tokens=list(edit_pipe.bank.tokens), settings=settings)
            for name, r in named.items()}
-    for k, images in iter_sweep(edit_pipe, settings, progress):
+    for k, images in iter_sweep(edit_pipe, settings, progress, cache):
         for name, r in named.items():
             p = check_reading(r, r.read(images), len(images))
             for g, v in p.items():

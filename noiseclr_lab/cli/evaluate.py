@@ -12,7 +12,8 @@ def cmd_evaluate_gt(args) -> int:
 
     res = evaluate_gt(args.run, args.domain, seeds=args.seeds, scales=args.scales, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, baselines=[b for b in args.baselines.split(",") if b],
-                      device=args.device, noise_z=args.noise_z, edit_start=args.edit_start)
+                      device=args.device, noise_z=args.noise_z, edit_start=args.edit_start,
+                      cache_sweeps=args.cache_sweeps)
     print(res.summary())
     print(f"wrote {res.metrics_path} and {res.heatmap_path.name}")
     return 0
@@ -44,6 +45,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
     s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
+    s.add_argument("--cache-sweeps", action="store_true",
+                   help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ to resume or reuse them")
     add_device(s)
     s.set_defaults(func=cmd_evaluate_gt)
 
