@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from noiseclr_lab.analysis.clip import TOY, load_clip_model
+from noiseclr_lab.analysis.clipanalysis import SCHEMA, analyze_bank
+from noiseclr_lab.analysis.figures import effect_curves, rescoring_heatmap
 from noiseclr_lab.analysis.groundtruth import (
     CALIBRATION_THRESHOLD,
     DEFAULT_SCALES,
@@ -24,6 +27,7 @@ from noiseclr_lab.analysis.groundtruth import (
 )
 from noiseclr_lab.analysis.readers import ProbeReader, Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, sweep_cache_dir
+from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
@@ -36,6 +40,10 @@ from noiseclr_lab.training import TrainConfig, load_preset, train
 
 GT_METRICS = "gt_metrics.json"
 GT_HEATMAP = "gt_effects.png"
+ANALYSIS = "analysis.json"
+RESCORING_PNG = "rescoring.png"
+CURVES_PNG = "effect_curves.png"
+ANALYZE_SCALES = (-6.0, -3.0, 3.0, 6.0)
 DEMO_BASELINES = ("random", "supervised")
 
 
@@ -70,7 +78,7 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
                 seeds: int = 12, scales: Sequence[float] = DEFAULT_SCALES, num_inference_steps: int = 15,
                 prompt: str | None = None, guidance_scale: float = 3.0,
                 baselines: Sequence[str] = ("random", "init", "supervised"), device=None, progress: bool = True,
-                noise_z: float = NOISE_Z, edit_start: int | None = None, cache_sweeps: bool = False) -> GTResult:
+                noise_z: float = NOISE_Z, edit_start: int | None = None, cache_sweeps: bool = True) -> GTResult:
     """Score a run's directions and its baselines against known factors; writes RUN/analysis/gt_metrics.json
     and the heat map gt_effects.png.
 
@@ -81,9 +89,9 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
         reader: what reads the factors (default: ``ProbeReader(toyworld.load_probe(domain))``).
         seeds, scales, num_inference_steps, guidance_scale, edit_start: the sweep (see ``analysis.sweep``).
         baselines: names of baselines scored the same way (``analysis.groundtruth.list_baselines()``).
-        cache_sweeps: keep every bank's sweep images in RUN/analysis/sweeps/<key>/ (8-bit), so a rerun or
-            another reader with the same settings generates nothing; scores then come from the 8-bit
-            images and can differ from the in-memory float path in the third decimal.
+        cache_sweeps: keep every bank's sweep images in RUN/analysis/sweeps/<key>/ (8-bit), so a rerun,
+            ``analyze`` or another reader with the same settings generates nothing. False keeps float images
+            in memory only; scores of the two paths differ by at most a few 1e-4 (8-bit rounding).
     Returns:
         A ``GTResult`` with the JSON content and the written paths.
     """
@@ -123,6 +131,84 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     return GTResult(run=run, data=data, metrics_path=metrics_path, heatmap_path=heatmap_path)
 
 
+def _toy_domain(model: str) -> str | None:
+    return model[4:] if model.startswith("toy:") else None
+
+
+@dataclass
+class AnalysisResult:
+    """What ``analyze`` wrote and found."""
+
+    run: RunDir
+    data: dict  # the content of RUN/analysis/analysis.json
+    path: Path  # RUN/analysis/analysis.json
+    figures: list[Path]  # rescoring.png, effect_curves.png
+
+    @property
+    def directions(self) -> list[dict]:
+        return self.data["directions"]
+
+    def summary(self) -> str:
+        """One row per direction: suggested label and sign, confidence, consistency, target gain, off-target."""
+        width = max(len(d["token"]) for d in self.directions)
+        lw = max(len(d["suggested_label"]) for d in self.directions) + 4
+        lines = [f"{'token':<{width}}  {'suggested label':<{lw}} {'conf':>6} {'consist':>7} {'gain':>6} {'off':>6}  label"]
+        for d in self.directions:
+            sug = f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})"
+            lines.append(f"{d['token']:<{width}}  {sug:<{lw}} {d['confidence']:>6.3f} {d['consistency']:>7.3f} "
+                         f"{d['target_gain']:>6.3f} {d['off_target']:>6.3f}  {d['label']}")
+        return "\n".join(lines)
+
+
+def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os.PathLike | None = None,
+            prompt: str | None = None, scales: Sequence[float] = ANALYZE_SCALES, seeds: int = 12,
+            num_inference_steps: int = 15, guidance_scale: float = 3.0, edit_start: int | None = None,
+            device=None, progress: bool = True, noise_z: float = NOISE_Z, suggest_labels: bool = True,
+            cache: bool = True) -> AnalysisResult:
+    """CLIP analysis of a run's directions on any model: re-scoring, auto-labels, consistency, effect curves,
+    preservation. Writes RUN/analysis/analysis.json, rescoring.png and effect_curves.png, and (unless
+    ``suggest_labels`` is False) the auto-labels into the bank as suggestions (never over a human label).
+
+    Args:
+        run: a run folder (holds directions.safetensors; its base model is what the sweep runs on).
+        clip: ``toy`` (default), ``NAME:TAG`` (open_clip, local cache), ``NAME:/path/weights`` or ``NAME:random``.
+        vocab: ``toy:<domain>``, ``faces``, ``cars``, ``cats``, ``art`` or a .txt/.toml file (default: the
+            toy domain's factors on a toy model, else ``faces``).
+        prompt: the prompt of every image (default: the toy domain's head on a toy model, else "").
+        scales, seeds, num_inference_steps, guidance_scale, edit_start: the sweep; with the defaults it is
+            the demo's evaluate-gt sweep, whose cached images are then read instead of generated.
+        cache: keep sweep images and CLIP features in RUN/analysis/sweeps/<key>/ (resume, reuse).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    bank_path = run.require_directions()
+    bank = DirectionBank.load(bank_path)
+    model = bank.base_model
+    if not model:
+        raise NoiseCLRLabError(f"{bank_path} does not say which model it was trained on (no base_model).")
+    domain = _toy_domain(model)
+    vocabulary = load_vocabulary(vocab if vocab is not None else (f"toy:{domain}" if domain else "faces"))
+    if prompt is None:
+        prompt = get_domain(domain).prefix if domain else ""
+    settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, edit_start=edit_start)
+    clip_model = load_clip_model(clip, device=device)
+    pipe = load_pipeline(model, device=device)
+    bank.check_compatible(pipe.tokenizer, pipe.text_encoder)  # a bank of another text encoder fails before work
+    cache_dir = sweep_cache_dir(run, bank, model, settings) if cache else None
+    result = analyze_bank(pipe, bank, clip_model, vocabulary, settings, cache=cache_dir,
+                          text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress)
+    data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
+            "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z}} | result
+    path = run.analysis_file(ANALYSIS)
+    write_json_atomic(path, data)
+    figures = [rescoring_heatmap(data, run.analysis_file(RESCORING_PNG)),
+               effect_curves(data, run.analysis_file(CURVES_PNG))]
+    if suggest_labels:
+        bank.suggestions = [f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})" for d in data["directions"]]
+        bank.save(bank_path)
+    return AnalysisResult(run=run, data=data, path=path, figures=figures)
+
+
 @dataclass
 class DemoResult:
     """What ``demo`` produced."""
@@ -130,6 +216,7 @@ class DemoResult:
     run: RunDir  # the trained run (directions, validation grids, analysis/)
     data: Path  # the rendered training images
     gt: GTResult  # the ground-truth scores of the run and its baselines
+    analysis: AnalysisResult  # the CLIP analysis of the run (toy CLIP, the faces factors as vocabulary)
     minutes: float  # wall time of the whole demo
 
 
@@ -137,7 +224,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
          scales: Sequence[float] = (-6.0, -3.0, 3.0, 6.0), eval_steps: int = 15, device=None,
          log: Callable[[str], None] | None = None) -> DemoResult:
     """The whole loop on the toy faces model: render training faces, train the ``toy-faces`` preset (resuming a
-    stopped demo), score the directions and baselines against the toy probe.
+    stopped demo), score the directions and baselines against the toy probe, and analyse them with the toy
+    CLIP (reading the same cached sweep images).
 
     Args:
         out: the demo folder (``data/`` and ``run/`` go inside).
@@ -156,10 +244,12 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
         render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
     values["data"] = str(data)
     cfg = TrainConfig.from_dict(values)
-    say(f"[1/3] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
+    say(f"[1/4] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
         f"({cfg.steps} steps)")
     run = RunDir(train(cfg, resume=bool(RunDir(cfg.out).checkpoints())))
-    say("[2/3] scoring the directions against the toy probe (and baselines)")
+    say("[2/4] scoring the directions against the toy probe (and baselines)")
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
                      baselines=DEMO_BASELINES, device=device)
-    return DemoResult(run=run, data=data, gt=gt, minutes=(time.time() - t0) / 60)
+    say("[3/4] CLIP analysis: re-scoring, auto-labels, consistency (the toy CLIP reads the same sweep)")
+    analysis = analyze(run, seeds=seeds, scales=scales, num_inference_steps=eval_steps, device=device)
+    return DemoResult(run=run, data=data, gt=gt, analysis=analysis, minutes=(time.time() - t0) / 60)

@@ -84,3 +84,45 @@ def tiny_pipe_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_sd")
     make_tiny_pipeline().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def planted_run(tmp_path_factory):
+    """A tiny random SD whose cross-attention outputs are amplified (so that text moves the image), and a run
+    with two directions: a planted one (a large random embedding) and a null one. The null direction's
+    embedding is the end-of-text row: "<null>" then encodes exactly as the empty prompt (padding is that
+    token too), so its edit eps(E("<null>")) - eps(E("")) is zero on every step."""
+    from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
+
+    root = tmp_path_factory.mktemp("planted")
+    pipe = make_tiny_pipeline()
+    with torch.no_grad():
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                module.weight.mul_(200.0)
+    pipe.save_pretrained(root / "sd")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    planted = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0)) * table.norm(dim=1).mean() * 3
+    bank = DirectionBank(torch.stack([planted, table[pipe.tokenizer.eos_token_id]]), ["<planted>", "<null>"],
+                         base_model=str(root / "sd"), tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
+    run = root / "run"
+    bank.save(run / "directions.safetensors")
+    return run
+
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_name(tmp_path_factory):
+    """A tiny random open_clip architecture registered with open_clip (``<name>:random`` loads it)."""
+    import json
+
+    import open_clip
+
+    path = tmp_path_factory.mktemp("clip_cfg") / "tiny-test-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(path)
+    return "tiny-test-clip"

@@ -96,7 +96,16 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert len(gt["banks"]["trained"]["effect"]) == 12 and len(gt["factors"]) == 6
     assert (run / "analysis" / "gt_effects.png").is_file() and (run / "validation" / "step-2.png").is_file()
     assert (tmp_path / "demo" / "data" / "factors.csv").is_file()
-    assert "coverage" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "coverage" in out and "suggested label" in out
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert len(analysis["directions"]) == 12 and list(analysis["groups"]) == gt["factors"]
+    assert (run / "analysis" / "rescoring.png").is_file() and (run / "analysis" / "effect_curves.png").is_file()
+    sweeps = sorted((run / "analysis" / "sweeps").iterdir())
+    assert len(sweeps) == 3  # one per bank; analyze read the trained bank's, adding its CLIP features there
+    assert [p.name for p in sweeps if any(p.glob("features-*"))] != []
+    assert main(["analyze", str(run), "--seeds", "2", "--steps", "3", "--no-suggestions"]) == 0
+    assert len(list((run / "analysis" / "sweeps").iterdir())) == 3
 
 
 def test_gt_scores_word_directions_above_random(toy_pipe):

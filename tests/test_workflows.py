@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_pipeline
 
-from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.workflows import evaluate_gt
 
@@ -27,28 +25,6 @@ class RegionColourReader:
         x = images.float().reshape(n, c, g, h // g, g, w // g).mean((3, 5))  # (N, 3, g, g)
         return {f"region{i}{j}": (x[:, :, i, j] / self.temperature).softmax(1).numpy()
                 for i in range(g) for j in range(g)}
-
-
-@pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
-    """A tiny random SD whose cross-attention outputs are amplified (so that text moves the image), and a run
-    with two directions: a planted one (a large random embedding) and a null one. The null direction's
-    embedding is the end-of-text row: "<null>" then encodes exactly as the empty prompt (padding is that
-    token too), so its edit eps(E("<null>")) - eps(E("")) is zero on every step."""
-    root = tmp_path_factory.mktemp("planted")
-    pipe = make_tiny_pipeline()
-    with torch.no_grad():
-        for name, module in pipe.unet.named_modules():
-            if name.endswith("attn2.to_out.0"):
-                module.weight.mul_(200.0)
-    pipe.save_pretrained(root / "sd")
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
-    planted = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0)) * table.norm(dim=1).mean() * 3
-    bank = DirectionBank(torch.stack([planted, table[pipe.tokenizer.eos_token_id]]), ["<planted>", "<null>"],
-                         base_model=str(root / "sd"), tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
-    run = root / "run"
-    bank.save(run / "directions.safetensors")
-    return run
 
 
 def test_evaluate_gt_detects_a_planted_effect_and_not_a_null_direction(planted_run):

@@ -1,4 +1,4 @@
-"""Evaluation commands: evaluate-gt and demo (they call ``noiseclr_lab.workflows`` and print its results)."""
+"""Evaluation commands: evaluate-gt, analyze and demo (they call ``noiseclr_lab.workflows`` and print its results)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ def cmd_evaluate_gt(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from noiseclr_lab.workflows import analyze
+
+    res = analyze(args.run, clip=args.clip, vocab=args.vocab, prompt=args.prompt, scales=args.scales, seeds=args.seeds,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance, edit_start=args.edit_start,
+                  device=args.device, suggest_labels=not args.no_suggestions)
+    print(res.summary())
+    lp = res.data["lpips"]
+    if lp["status"] != "ok":
+        print(f"LPIPS skipped: {lp['reason']}")
+    print(f"wrote {res.path}, " + ", ".join(p.name for p in res.figures)
+          + ("" if args.no_suggestions else "; suggested labels stored in the bank"))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from noiseclr_lab.workflows import demo
 
@@ -26,8 +41,10 @@ def cmd_demo(args) -> int:
                device=args.device, log=print)
     run = res.run.path
     print(res.gt.summary())
-    print(f"[3/3] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
-          f"{res.gt.metrics_path}, {res.gt.heatmap_path}")
+    print(res.analysis.summary())
+    print(f"[4/4] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
+          f"{res.gt.metrics_path}, {res.gt.heatmap_path}, {res.analysis.path}, "
+          + ", ".join(str(p) for p in res.analysis.figures))
     return 0
 
 
@@ -49,6 +66,23 @@ def add_parsers(sub) -> None:
                    help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ to resume or reuse them")
     add_device(s)
     s.set_defaults(func=cmd_evaluate_gt)
+
+    s = sub.add_parser("analyze", help="CLIP analysis of a run on any model: re-scoring, auto-labels, consistency")
+    s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
+    s.add_argument("--clip", default="toy",
+                   help="toy (default), NAME:TAG (open_clip, from the local cache), NAME:/path/weights or NAME:random")
+    s.add_argument("--vocab", default=None,
+                   help="toy:<domain>, faces, cars, cats, art, or a .txt/.toml file (default: the toy domain, else faces)")
+    s.add_argument("--prompt", default=None, help="prompt of every image (default: the toy domain's head, else empty)")
+    s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="scale sweep, e.g. --scales=-6,-3,3,6")
+    s.add_argument("--seeds", type=positive_int, default=12, help="seeds per direction and scale (at least 2)")
+    s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
+    s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the images (guidance_scale)")
+    s.add_argument("--edit-start", type=int, default=None,
+                   help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
+    s.add_argument("--no-suggestions", action="store_true", help="do not store the auto-labels in the bank")
+    add_device(s)
+    s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, write grids (~10 min CPU)")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")

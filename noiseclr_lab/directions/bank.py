@@ -48,6 +48,8 @@ class DirectionBank:
     tokenizer_fingerprint: str = ""  # tokenizer_fingerprint() of that model's tokenizer ("" = unknown)
     training_config: dict = field(default_factory=dict)  # resolved training config, when trained here
     created_with: str = ""  # library and version that wrote the bank
+    suggestions: list[str] = field(default_factory=list)  # K machine-suggested labels (auto-labels; "" = none);
+    # kept apart from ``labels``, which only people set
 
     def __post_init__(self):
         emb = torch.as_tensor(self.embeddings)
@@ -65,6 +67,9 @@ class DirectionBank:
         self.labels = list(self.labels) if self.labels else [""] * len(self.tokens)
         if len(self.labels) != len(self.tokens):
             raise NoiseCLRLabError(f"{len(self.labels)} labels for {len(self.tokens)} tokens; they must match.")
+        self.suggestions = list(self.suggestions) if self.suggestions else [""] * len(self.tokens)
+        if len(self.suggestions) != len(self.tokens):
+            raise NoiseCLRLabError(f"{len(self.suggestions)} suggested labels for {len(self.tokens)} tokens; they must match.")
         if not self.created_with:
             self.created_with = _version()
 
@@ -116,6 +121,7 @@ class DirectionBank:
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "training_config": self.training_config,
             "created_with": self.created_with,
+            "suggested_labels": self.suggestions,
         }
 
     # ------------------------------------------------------------------ files
@@ -168,6 +174,7 @@ class DirectionBank:
             tokenizer_fingerprint=meta.get("tokenizer_fingerprint", ""),
             training_config=meta.get("training_config") or {},
             created_with=meta.get("created_with", ""),
+            suggestions=meta.get("suggested_labels") or [],
         )
 
     # ------------------------------------------------------------------ pipelines

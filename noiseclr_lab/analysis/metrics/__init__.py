@@ -2,7 +2,8 @@
 
 Each metric is one module with a pure numpy function ``compute_x(effect, **kw) -> dict[str, float]`` that
 knows nothing of registration; this package holds the one explicit table of them (``METRICS``), as
-scikit-learn's scorer table does. Metrics never import torch (an import-linter contract). Adding one:
+scikit-learn's scorer table does. ``MEASURES`` lists the per-direction measures of the CLIP analysis
+(re-scoring, auto-labels, consistency, preservation): numpy functions over sweep arrays. Metrics never import torch (an import-linter contract). Adding one:
 docs/design.md, "Adding a metric".
 """
 
@@ -12,10 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from noiseclr_lab.analysis.metrics.autolabel import auto_labels, directional_similarity
+from noiseclr_lab.analysis.metrics.consistency import consistency, ranking_auc
 from noiseclr_lab.analysis.metrics.coverage import compute_coverage
 from noiseclr_lab.analysis.metrics.dci import compute_dci
 from noiseclr_lab.analysis.metrics.mig import compute_mig
 from noiseclr_lab.analysis.metrics.modularity import compute_modularity
+from noiseclr_lab.analysis.metrics.preservation import clip_similarity, pixel_rmse
+from noiseclr_lab.analysis.metrics.rescoring import group_effect, rescoring, strongest_scale, target_and_off_target
 from noiseclr_lab.registry import Registry
 
 MetricFn = Callable[..., dict[str, float]]
@@ -25,6 +30,21 @@ METRICS.register("coverage", compute_coverage)
 METRICS.register("dci", compute_dci)
 METRICS.register("mig", compute_mig)
 METRICS.register("modularity", compute_modularity)
+
+
+# per-direction measures over sweep arrays (CLIP analysis); each is a numpy function of its own signature
+MEASURES: dict[str, Callable] = {
+    "rescoring": rescoring,
+    "group_effect": group_effect,
+    "strongest_scale": strongest_scale,
+    "target_and_off_target": target_and_off_target,
+    "auto_labels": auto_labels,
+    "directional_similarity": directional_similarity,
+    "consistency": consistency,
+    "ranking_auc": ranking_auc,
+    "clip_similarity": clip_similarity,
+    "pixel_rmse": pixel_rmse,
+}
 
 
 def register_metric(name: str, fn: MetricFn) -> MetricFn:
@@ -48,5 +68,5 @@ def compute_all(effect: np.ndarray) -> dict[str, float]:
     return out
 
 
-__all__ = ["METRICS", "compute_all", "compute_coverage", "compute_dci", "compute_mig", "compute_modularity",
+__all__ = ["MEASURES", "METRICS", "compute_all", "compute_coverage", "compute_dci", "compute_mig", "compute_modularity",
            "get_metric", "list_metrics", "register_metric"]

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+MIN_CHANGE = 1e-5  # feature changes shorter than this (unit features) are float noise of batching, not an edit
+
 
 def consistency(f_edited, f_base) -> np.ndarray:
-    """f_edited (n, K, S, E), f_base (S, E) -> (n, K) mean pairwise cosine of the per-seed feature changes."""
+    """f_edited (n, K, S, E), f_base (S, E) -> (n, K) mean pairwise cosine of the per-seed feature changes
+    (a seed whose change is shorter than ``MIN_CHANGE`` counts as no change: cosine 0)."""
     d = np.asarray(f_edited, dtype=np.float64) - np.asarray(f_base, dtype=np.float64)[None, None]
     norm = np.linalg.norm(d, axis=-1, keepdims=True)
-    d = np.where(norm > 1e-12, d / np.maximum(norm, 1e-12), 0.0)
+    d = np.where(norm > MIN_CHANGE, d / np.maximum(norm, MIN_CHANGE), 0.0)
     S = d.shape[2]
     if S < 2:
         return np.zeros(d.shape[:2])

@@ -1,0 +1,134 @@
+"""Benchmark and validate ``noiseclr-lab analyze`` (the CLIP analysis layer) on a toy run.
+
+Speed: times ``workflows.analyze`` with a fresh sweep (no cache), then again reading the cached sweep, and
+the way the official release would do the same work: one image per (direction, scale, seed), each edit
+generated alone with one UNet call per term per step (EditPipeline mode="reference"), CLIP-encoded one
+image at a time. The official loop is timed on ``--official-directions`` directions and extrapolated to
+the whole bank (printed as such). Ratios are printed; nothing is asserted.
+
+Validation against the ground truth (a run scored by ``noiseclr-lab evaluate-gt`` or ``demo``):
+- Spearman correlation of the CLIP re-scoring effect per factor (K x F, each direction at its strongest
+  scale) with the probe's effect matrix (target >= 0.8);
+- share of the active directions whose auto-label names the probe's main factor (target >= 0.8);
+- AUC of consistency ranking active above inactive directions (target >= 0.9).
+
+    python scripts/bench_analyze.py --run runs/demo/run            # after `noiseclr-lab demo`
+    python scripts/bench_analyze.py --run runs/demo/run --report    # validation only, from the written files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def validate(gt: dict, analysis: dict) -> dict:
+    """The three ground-truth checks of the CLIP measures (see the module docstring)."""
+    from scipy.stats import spearmanr
+
+    from noiseclr_lab.analysis.metrics.consistency import ranking_auc
+
+    factors = gt["factors"]
+    trained = gt["banks"]["trained"]
+    probe = np.asarray(trained["effect"])  # (K, F)
+    dirs = analysis["directions"]
+    factor_of = analysis["vocabulary"].get("factor_of") or {g: g for g in analysis["groups"]}
+    by_factor = {factor_of[g]: g for g in analysis["groups"]}
+    missing = [f for f in factors if f not in by_factor]
+    if missing:
+        raise SystemExit(f"the analysis vocabulary has no group for factors {missing}; analyze with --vocab toy:<domain>")
+    clip = np.array([[d["group_effect"][by_factor[f]] for f in factors] for d in dirs])
+    active = np.array([d["active"] for d in trained["directions"]])
+    main = [d["main_factor"] for d in trained["directions"]]
+    named = [factor_of[d["suggested_label"].split("=")[0]] for d in dirs]
+    hits = [m == n for m, n, a in zip(main, named, active) if a]
+    return {
+        "spearman": float(spearmanr(clip.ravel(), probe.ravel()).statistic),
+        "label_accuracy": float(np.mean(hits)) if hits else float("nan"),
+        "labelled_active": f"{sum(hits)}/{len(hits)}",
+        "consistency_auc": ranking_auc([d["consistency"] for d in dirs], active),
+        "active": int(active.sum()),
+    }
+
+
+def official_loop(run: Path, analysis: dict, n_dirs: int, device: str) -> tuple[float, int]:
+    """Seconds and images for the one-edit-at-a-time loop on the first ``n_dirs`` directions."""
+    import torch
+
+    from noiseclr_lab.analysis.clip import load_clip_model
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.editing import EditPipeline
+    from noiseclr_lab.models import load_pipeline
+
+    bank = DirectionBank.load(run / "directions.safetensors")
+    pipe = load_pipeline(bank.base_model, device=device)
+    clip = load_clip_model(analysis["clip"], device=device)
+    s = analysis["settings"]
+    ep = EditPipeline(pipe, bank, mode="reference")
+    common = dict(num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], output_type="pt")
+    t0, images = time.perf_counter(), 0
+    for seed in range(s["seeds"]):  # the unedited image of each seed
+        clip.encode_images(ep(s["prompt"], generator=torch.Generator().manual_seed(seed), **common).images)
+        images += 1
+    for tok in bank.tokens[:n_dirs]:
+        for scale in s["scales"]:
+            for seed in range(s["seeds"]):
+                out = ep(s["prompt"], edits={tok: scale}, edit_start=s["edit_start"],
+                         generator=torch.Generator().manual_seed(seed), **common)
+                clip.encode_images(out.images)
+                images += 1
+    return time.perf_counter() - t0, images
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=Path("runs/demo/run"), help="a toy run scored by evaluate-gt")
+    p.add_argument("--report", action="store_true", help="only validate the run's analysis.json against gt_metrics.json")
+    p.add_argument("--official-directions", type=int, default=1, help="directions the official loop is timed on")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args(argv)
+
+    from noiseclr_lab.workflows import analyze
+
+    gt_path = args.run / "analysis" / "gt_metrics.json"
+    if not gt_path.is_file():
+        raise SystemExit(f"{gt_path} is missing: run `noiseclr-lab demo` or `noiseclr-lab evaluate-gt` first")
+    gt = json.loads(gt_path.read_text())
+    result: dict = {}
+    if not args.report:
+        kw = dict(scales=gt["settings"]["scales"], seeds=gt["settings"]["seeds"], device=args.device,
+                  num_inference_steps=gt["settings"]["num_inference_steps"], suggest_labels=False)
+        t0 = time.perf_counter()
+        res = analyze(args.run, cache=False, **kw)
+        fresh = time.perf_counter() - t0
+        K = len(res.directions)
+        n_img = K * len(kw["scales"]) * kw["seeds"] + kw["seeds"]
+        t0 = time.perf_counter()
+        analyze(args.run, cache=True, **kw)  # fills the cache unless evaluate-gt already did
+        t0 = time.perf_counter()
+        analyze(args.run, cache=True, **kw)
+        cached = time.perf_counter() - t0
+        off_s, off_n = official_loop(args.run, res.data, args.official_directions, args.device)
+        off_total = off_s / off_n * n_img
+        result |= {"directions": K, "images": n_img, "fresh_s": fresh, "cached_s": cached,
+                   "official_s_extrapolated": off_total, "official_images_timed": off_n}
+        print(f"analyze, fresh sweep:   {fresh:7.1f} s  ({n_img} images, {n_img / fresh:.1f} img/s)")
+        print(f"analyze, cached sweep:  {cached:7.1f} s")
+        print(f"official loop:          {off_total:7.1f} s  (extrapolated from {off_n} images in {off_s:.1f} s)")
+        print(f"speed-up fresh vs official: {off_total / fresh:.2f}x; cached vs fresh: {fresh / cached:.1f}x")
+    analysis = json.loads((args.run / "analysis" / "analysis.json").read_text())
+    v = validate(gt, analysis)
+    result |= v
+    print(f"ground truth: Spearman {v['spearman']:.3f} (target >= 0.8), auto-labels name the probe's main factor "
+          f"for {v['labelled_active']} active directions = {v['label_accuracy']:.2f} (target >= 0.8), consistency "
+          f"AUC active vs inactive {v['consistency_auc']:.3f} (target >= 0.9)")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

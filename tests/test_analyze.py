@@ -1,0 +1,151 @@
+"""The CLIP analysis end to end: a tiny random SD pipeline and a tiny random open_clip built from a config
+(the non-toy path), the toy path through the CLI, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from noiseclr_lab.analysis.clip import load_clip_model
+from noiseclr_lab.cli import main
+from noiseclr_lab.directions import DirectionBank
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.workflows import analyze
+
+SMALL = dict(scales=(-3.0, 10.0), seeds=3, num_inference_steps=4, edit_start=0, device="cpu", progress=False)
+
+
+@pytest.fixture
+def run(planted_run, tmp_path):
+    """A private copy of the planted run (analysis writes into it)."""
+    shutil.copytree(planted_run.parent / "run", tmp_path / "run")
+    bank = DirectionBank.load(tmp_path / "run" / "directions.safetensors")
+    bank.labels = ["my label", ""]
+    bank.save(tmp_path / "run" / "directions.safetensors")
+    return tmp_path / "run"
+
+
+def test_analyze_on_a_tiny_random_model_and_clip(run, tiny_clip_name, tmp_path):
+    vocab = tmp_path / "v.toml"
+    vocab.write_text('[groups]\ncolour = ["red", "green", "blue"]\nlight = ["dark", "bright"]\n')
+    res = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
+    data = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert data == json.loads(json.dumps(res.data)) and data["schema"] == "noiseclr_lab.analysis/1"
+    assert data["attributes"] == ["colour=red", "colour=green", "colour=blue", "light=dark", "light=bright"]
+    planted, null = data["directions"]
+    for d in (planted, null):
+        assert set(d["rescoring"]) == set(data["attributes"]) and d["sign"] in (-1, 1)
+        assert len(d["effect_curve"]["clip_distance"]) == 2 and len(d["preservation"]["pixel_rmse"]) == 2
+    # the null direction changes nothing: no re-scoring change, full preservation, no consistency
+    assert all(v == 0 for v in null["rescoring"].values()) and null["preservation"]["pixel_rmse"] == [0.0, 0.0]
+    assert null["preservation"]["clip_similarity"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert null["consistency"] == 0.0 and null["confidence"] == pytest.approx(0.0, abs=1e-6)
+    assert planted["preservation"]["pixel_rmse"][1] > 0 and planted["consistency"] > 0
+    assert data["lpips"]["status"] in ("ok", "skipped") and (data["lpips"]["status"] == "ok" or data["lpips"]["reason"])
+    assert all(p.is_file() and p.read_bytes()[:4] == b"\x89PNG" for p in res.figures)
+    # auto-labels are stored as suggestions; the human label stays
+    bank = DirectionBank.load(run / "directions.safetensors")
+    assert bank.labels == ["my label", ""] and bank.suggestions[0].startswith(planted["suggested_label"])
+    # the sweep and the CLIP features are cached: a second analysis reads them and agrees
+    cached = list((run / "analysis" / "sweeps").glob("*/features-*/d0001.safetensors"))
+    assert len(cached) == 1
+    again = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
+    assert again.data["directions"] == res.data["directions"]
+
+
+def test_analyze_reads_the_sweep_evaluate_gt_cached(run, tiny_clip_name):
+    from test_workflows import RegionColourReader
+
+    from noiseclr_lab.workflows import evaluate_gt
+
+    evaluate_gt(run, None, reader=RegionColourReader(), baselines=(), **SMALL)
+    sweeps = list((run / "analysis" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    stamp = {p: p.stat().st_mtime_ns for p in sweeps[0].glob("*.safetensors")}
+    analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", prompt="", **SMALL)
+    assert list((run / "analysis" / "sweeps").iterdir()) == sweeps  # the same key: evaluate-gt's sweep
+    assert {p: p.stat().st_mtime_ns for p in sweeps[0].glob("*.safetensors")} == stamp  # read, not regenerated
+
+
+def test_bad_input_is_one_error_and_writes_no_analysis(run, tiny_clip_name, tmp_path, capsys):
+    out = run / "analysis" / "analysis.json"
+    with pytest.raises(NoiseCLRLabError, match="Unknown CLIP model 'ViT-Nope'; available: toy, .*ViT-L-14"):
+        analyze(run, clip="ViT-Nope:openai", **SMALL)
+    with pytest.raises(NoiseCLRLabError, match="needs a pretrained tag"):
+        analyze(run, clip="ViT-B-32", **SMALL)
+    with pytest.raises(NoiseCLRLabError, match="neither a weights file nor a pretrained tag of ViT-B-32"):
+        analyze(run, clip="ViT-B-32:nope", **SMALL)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(NoiseCLRLabError, match="at least two"):
+        analyze(run, clip=f"{tiny_clip_name}:random", vocab=empty, **SMALL)
+    with pytest.raises(NoiseCLRLabError, match="not a run folder"):
+        analyze(tmp_path, **SMALL)
+    other = DirectionBank.load(run / "directions.safetensors")
+    DirectionBank(torch.zeros(2, 16), other.tokens, base_model=other.base_model).save(run / "directions.safetensors")
+    with pytest.raises(NoiseCLRLabError, match="hidden size 16 .* text encoder has 32"):
+        analyze(run, clip=f"{tiny_clip_name}:random", vocab="faces", **SMALL)
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--clip", "ViT-Nope:x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("noiseclr-lab: error: Unknown CLIP model")
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(run), "--seeds", "many"])
+    assert exc.value.code == 2
+
+
+def test_offline_missing_weights_name_the_fetch_command(monkeypatch):
+    import open_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tag = open_clip.list_pretrained_tags_by_model("RN50")[0]
+    try:
+        load_clip_model(f"RN50:{tag}")
+    except NoiseCLRLabError as e:
+        assert "not in the local cache" in str(e) and "create_model_and_transforms('RN50'" in str(e)
+    else:
+        pytest.skip("RN50 weights are in this machine's cache")
+
+
+def test_toy_clip_reader_reads_toy_factors():
+    """The default CLIP and vocabulary on the toy world: zero-shot reading of rendered faces."""
+    import numpy as np
+
+    from noiseclr_lab.analysis.clip import ClipReader
+    from noiseclr_lab.analysis.vocab import load_vocabulary
+    from noiseclr_lab.toyworld import get_domain
+
+    dom = get_domain("faces")
+    recs = dom.sample(np.random.default_rng(3), 24)
+    imgs = torch.from_numpy(np.stack([np.asarray(im) for im in dom.render(recs)])).permute(0, 3, 1, 2) / 255
+    reader = ClipReader(load_clip_model("toy", device="cpu"), load_vocabulary("toy:faces"))
+    probs = reader.read(imgs)
+    for f in ("hair", "glasses", "background"):
+        pred = probs[f].argmax(1)
+        truth = [dom.factor(f).values.index(r[f]) for r in recs]
+        assert (pred == np.array(truth)).mean() >= 0.8, f
+
+
+@pytest.mark.slow
+def test_sd15_with_openclip_vit_l14_where_cached(tmp_path):
+    """The real path: SD 1.5 and OpenCLIP ViT-L/14 from the local caches (skipped where they are not)."""
+    from noiseclr_lab.models import load_pipeline
+
+    try:
+        pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
+        load_clip_model("ViT-L-14:laion2b_s32b_b82k")
+    except NoiseCLRLabError as e:
+        pytest.skip(str(e))
+    from noiseclr_lab.directions import tokenizer_fingerprint
+
+    bank = DirectionBank.random(2, pipe.text_encoder.config.hidden_size, std=0.4, base_model=
+                                "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
+    bank.save(tmp_path / "run" / "directions.safetensors")
+    res = analyze(tmp_path / "run", clip="ViT-L-14:laion2b_s32b_b82k", vocab="faces", prompt="a photo of a person",
+                  scales=(-4.0, 4.0), seeds=2, num_inference_steps=10)
+    assert len(res.directions) == 2 and res.path.is_file()
