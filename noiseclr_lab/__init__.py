@@ -37,6 +37,7 @@ _LAZY = {
     "read_sweep": "noiseclr_lab.analysis.sweep",
     "score_bank": "noiseclr_lab.analysis.groundtruth",
     "evaluate_gt": "noiseclr_lab.workflows",
+    "analyze": "noiseclr_lab.workflows",
     "demo": "noiseclr_lab.workflows",
 }
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for editors and type checkers (nev
     from noiseclr_lab.tokenizer import build_clip_tokenizer
     from noiseclr_lab.training.config import TrainConfig
     from noiseclr_lab.training.trainer import train
-    from noiseclr_lab.workflows import demo, evaluate_gt
+    from noiseclr_lab.workflows import analyze, demo, evaluate_gt
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -25,8 +25,23 @@ def test_save_load_bit_exact(tmp_path):
     assert back.metadata() == bank.metadata()
     meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["noiseclr_lab"])
     assert set(meta) == {"format_version", "tokens", "labels", "base_model", "text_encoder_hidden_size",
-                         "tokenizer_fingerprint", "training_config", "created_with"}
+                         "tokenizer_fingerprint", "training_config", "created_with", "suggested_labels"}
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
+
+
+def test_suggested_labels_round_trip_and_older_files_load(tmp_path):
+    from safetensors.torch import save_file
+
+    bank = _bank(labels=["smile", "", ""])
+    bank.suggestions = ["expression=smiling (+)", "", "hair=red (-)"]
+    back = DirectionBank.load(bank.save(tmp_path / "b.safetensors"))
+    assert back.suggestions == bank.suggestions and back.labels == ["smile", "", ""]
+    meta = bank.metadata()
+    del meta["suggested_labels"]  # a bank written before suggestions existed (same format version)
+    save_file({"embeddings": bank.embeddings}, str(tmp_path / "old.safetensors"), metadata={"noiseclr_lab": json.dumps(meta)})
+    assert DirectionBank.load(tmp_path / "old.safetensors").suggestions == ["", "", ""]
+    with pytest.raises(NoiseCLRLabError, match="2 suggested labels for 3 tokens"):
+        DirectionBank(bank.embeddings, bank.tokens, suggestions=["a", "b"])
 
 
 def test_index_by_token_and_label():

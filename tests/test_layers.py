@@ -45,3 +45,22 @@ def test_no_import_cycle_in_the_package():
     assert not cycles, cycles
     # the graph includes function-level imports: the toy loader is imported lazily by models
     assert "noiseclr_lab.toyworld" in graph.find_modules_directly_imported_by("noiseclr_lab.models")
+
+
+def test_every_lazy_public_name_resolves_and_editors_see_the_same_names():
+    import ast
+    import inspect
+
+    import noiseclr_lab
+    import noiseclr_lab.analysis
+
+    for pkg in (noiseclr_lab, noiseclr_lab.analysis):
+        for name in pkg.__all__:
+            assert getattr(pkg, name) is not None, name
+        tree = ast.parse(inspect.getsource(pkg))
+        checked = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.If)
+                   for imp in node.body if isinstance(imp, ast.ImportFrom) for a in imp.names}
+        assert checked == set(pkg._LAZY), pkg.__name__  # the TYPE_CHECKING block lists exactly the lazy names
+    from noiseclr_lab._version import __version__
+
+    assert noiseclr_lab.__version__ == __version__

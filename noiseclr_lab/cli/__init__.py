@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("noiseclr-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`noiseclr-lab inspect BANK | head`): stop quietly
+        sys.stdout = None
+        return 141
 
 
 __all__ = ["build_parser", "main"]

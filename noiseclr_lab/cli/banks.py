@@ -18,9 +18,11 @@ def cmd_inspect(args) -> int:
     print(f"created by:  {bank.created_with}")
     norms = bank.embeddings.norm(dim=1)
     width = max(len(t) for t in bank.tokens)
-    print(f"{'token':<{width}}  {'norm':>7}  label")
-    for tok, lab, n in zip(bank.tokens, bank.labels, norms.tolist()):
-        print(f"{tok:<{width}}  {n:7.4f}  {lab}")
+    suggested = any(bank.suggestions)
+    lw = max([len(lab) for lab in bank.labels] + [5])
+    print(f"{'token':<{width}}  {'norm':>7}  {'label':<{lw}}" + ("  suggested (analyze)" if suggested else ""))
+    for tok, lab, sug, n in zip(bank.tokens, bank.labels, bank.suggestions, norms.tolist()):
+        print(f"{tok:<{width}}  {n:7.4f}  {lab:<{lw}}" + (f"  {sug}" if suggested else ""))
     if bank.training_config:
         keys = ", ".join(sorted(bank.training_config))
         print(f"training config keys: {keys}")
