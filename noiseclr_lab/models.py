@@ -23,6 +23,25 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SPEC_ATTRIBUTE = "noiseclr_spec"  # load_pipeline sets pipe.<this> = the spec it was loaded from
 
 
+def pipeline_fingerprint(pipe) -> str:
+    """A short hash of what a pipeline computes with: its components' configs, its dtype and a few small weight
+    tensors (UNet conv_in, VAE decoder conv_out, the text encoder's first embedding rows). Two pipelines with the
+    same fingerprint generate the same images; a rebuilt or retrained model gets another (sweep cache keys)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        comp = getattr(pipe, name)
+        cfg = comp.config.to_dict() if hasattr(comp.config, "to_dict") else dict(comp.config)
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(str(pipe.unet.dtype).encode())
+    for t in (pipe.unet.conv_in.weight, pipe.vae.decoder.conv_out.weight,
+              pipe.text_encoder.get_input_embeddings().weight[:8]):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def pipeline_spec(pipe) -> str:
     """The model spec ``pipe`` was loaded from by :func:`load_pipeline` ("" for a pipeline built otherwise)."""
     return getattr(pipe, SPEC_ATTRIBUTE, "")

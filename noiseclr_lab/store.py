@@ -25,7 +25,7 @@ from pathlib import Path
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import write_json_atomic, write_text_atomic
 
-SWEEP_KEY_VERSION = 1  # bump when what a sweep's images depend on changes
+SWEEP_KEY_VERSION = 2  # bump when what a sweep's images depend on changes (2: model = spec#fingerprint)
 
 
 class RunDir:
@@ -155,7 +155,8 @@ class RunDir:
         return cks[-1] if cks else None
 
     def has_checkpoints(self) -> bool:
-        return self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
+        """Whether a complete checkpoint exists (a leftover ``.step-N.tmp`` of a killed write does not count)."""
+        return bool(self.checkpoints())
 
     def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep: int = 0) -> Path:
         """checkpoints/step-N: ``fill(folder)`` writes into a temporary folder that is then renamed into place,

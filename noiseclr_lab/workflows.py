@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from noiseclr_lab.toyworld.render import FACTORS_CSV, render_folder
 from noiseclr_lab.training import TrainConfig, load_preset, train
 
 GT_METRICS = "gt_metrics.json"
+GT_SCHEMA = "noiseclr_lab.gt/2"  # 2: settings say guidance_scale / num_inference_steps; reader; cache_sweeps
 GT_HEATMAP = "gt_effects.png"
 ANALYSIS = "analysis.json"
 RESCORING_PNG = "rescoring.png"
@@ -117,13 +119,13 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
                              num_inference_steps=num_inference_steps, edit_start=edit_start)
 
     def cache(b: DirectionBank):
-        return sweep_cache_dir(run, b, model, settings) if cache_sweeps else None
+        return sweep_cache_dir(run, b, pipe, settings) if cache_sweeps else None
 
     results = {"trained": score_bank(pipe, bank, reader, progress=progress, cache=cache(bank), **kw)}
     for name, other in others.items():
         results[name] = score_bank(pipe, other, reader, progress=progress, cache=cache(other), **kw)
     factors = list(reader.values)
-    data = {"domain": domain, "reader": type(reader).__name__, "factors": factors, "model": model,
+    data = {"schema": GT_SCHEMA, "domain": domain, "reader": type(reader).__name__, "factors": factors, "model": model,
             "settings": kw | {"threshold": CALIBRATION_THRESHOLD, "cache_sweeps": cache_sweeps}, "banks": results}
     metrics_path, heatmap_path = run.analysis_file(GT_METRICS), run.analysis_file(GT_HEATMAP)
     write_json_atomic(metrics_path, data)
@@ -166,8 +168,9 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
             device=None, progress: bool = True, noise_z: float = NOISE_Z, suggest_labels: bool = True,
             cache: bool = True) -> AnalysisResult:
     """CLIP analysis of a run's directions on any model: re-scoring, auto-labels, consistency, effect curves,
-    preservation. Writes RUN/analysis/analysis.json, rescoring.png and effect_curves.png, and (unless
-    ``suggest_labels`` is False) the auto-labels into the bank as suggestions (never over a human label).
+    preservation, calibrated scales. Writes RUN/analysis/analysis.json, rescoring.png and effect_curves.png,
+    and (unless ``suggest_labels`` is False) the auto-labels (as suggestions, never over a human label) and
+    the calibrated scales into the bank.
 
     Args:
         run: a run folder (holds directions.safetensors; its base model is what the sweep runs on).
@@ -194,7 +197,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     clip_model = load_clip_model(clip, device=device)
     pipe = load_pipeline(model, device=device)
     bank.check_compatible(pipe.tokenizer, pipe.text_encoder)  # a bank of another text encoder fails before work
-    cache_dir = sweep_cache_dir(run, bank, model, settings) if cache else None
+    cache_dir = sweep_cache_dir(run, bank, pipe, settings) if cache else None
     result = analyze_bank(pipe, bank, clip_model, vocabulary, settings, cache=cache_dir,
                           text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress)
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
@@ -204,9 +207,21 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     figures = [rescoring_heatmap(data, run.analysis_file(RESCORING_PNG)),
                effect_curves(data, run.analysis_file(CURVES_PNG))]
     if suggest_labels:
-        bank.suggestions = [f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})" for d in data["directions"]]
-        bank.save(bank_path)
+        _store_suggestions(bank_path, data)
     return AnalysisResult(run=run, data=data, path=path, figures=figures)
+
+
+def _store_suggestions(bank_path: Path, data: dict) -> None:
+    """Write the auto-labels and calibrated scales into the bank file as it is now (re-read: labels set while
+    the analysis ran are kept); skipped, with a warning, when its directions changed since the analysis."""
+    bank = DirectionBank.load(bank_path)
+    if bank.content_hash() != data["bank_hash"]:
+        warnings.warn(f"{bank_path} changed while it was analysed; its suggested labels and calibrated scales were "
+                      "not stored (analysis.json describes the directions as they were).", stacklevel=3)
+        return
+    bank.suggestions = [f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})" for d in data["directions"]]
+    bank.calibrated_scales = [d["calibrated_scale"] for d in data["directions"]]
+    bank.save(bank_path)
 
 
 @dataclass

@@ -14,6 +14,7 @@ Validation against the ground truth (a run scored by ``noiseclr-lab evaluate-gt`
 
     python scripts/bench_analyze.py --run runs/demo/run            # after `noiseclr-lab demo`
     python scripts/bench_analyze.py --run runs/demo/run --report    # validation only, from the written files
+    python scripts/bench_analyze.py --run runs/demo/run --report --calibration   # + calibrated scales vs probe
 """
 
 from __future__ import annotations
@@ -55,6 +56,55 @@ def validate(gt: dict, analysis: dict) -> dict:
     }
 
 
+def calibration_check(run: Path, gt: dict, fixed: tuple[float, ...] = (3.0, 6.0), device: str = "cpu") -> dict:
+    """Coefficient of variation, across the probe's active directions, of the probe's main-factor effect when
+    each direction is applied at its calibrated scale (from ``analyze``) and at one fixed |scale| (with the
+    sign of the direction's label). Calibration should at least halve it."""
+    import torch
+
+    from noiseclr_lab.analysis.groundtruth import probe_effect
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.editing import EditPipeline
+    from noiseclr_lab.models import load_pipeline
+    from noiseclr_lab.toyworld import load_probe
+
+    bank = DirectionBank.load(run / "directions.safetensors")
+    if all(v is None for v in bank.calibrated_scales):
+        raise SystemExit(f"{run} has no calibrated scales: run `noiseclr-lab analyze {run}` first")
+    s = gt["settings"]
+    pipe = load_pipeline(bank.base_model, device=device)
+    probe = load_probe(gt["domain"], device=pipe.device)
+    ep = EditPipeline(pipe, bank)
+    S = s["seeds"]
+    common = dict(num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], output_type="pt")
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(S)]
+
+    base = probe.predict(ep([s["prompt"]] * S, generator=gens(), **common).images).probs
+    active = [(k, d["main_factor"]) for k, d in enumerate(gt["banks"]["trained"]["directions"]) if d["active"]]
+    signs = {k: (1.0 if (bank.calibrated_scales[k] or 1.0) > 0 else -1.0) for k, _ in active}
+
+    def effects(scale_of) -> list[float]:
+        out = []
+        for k, factor in active:
+            imgs = ep([s["prompt"]] * S, edits={bank.tokens[k]: scale_of(k)}, edit_start=s["edit_start"],
+                      generator=gens(), **common).images
+            shrunk, _ = probe_effect(probe.predict(imgs).probs[factor][None], base[factor])
+            out.append(float(shrunk[0]))
+        return out
+
+    def cv(values) -> float:
+        v = np.asarray(values)
+        return float(v.std() / v.mean()) if v.mean() > 0 else float("inf")
+
+    res = {"calibrated": effects(lambda k: bank.calibrated_scales[k])}
+    for f in fixed:
+        res[f"fixed_{f:g}"] = effects(lambda k, f=f: signs[k] * f)
+    return {"cv": {name: cv(v) for name, v in res.items()}, "effects": res,
+            "scales": {bank.tokens[k]: bank.calibrated_scales[k] for k, _ in active}}
+
+
 def official_loop(run: Path, analysis: dict, n_dirs: int, device: str) -> tuple[float, int]:
     """Seconds and images for the one-edit-at-a-time loop on the first ``n_dirs`` directions."""
     import torch
@@ -90,6 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="only validate the run's analysis.json against gt_metrics.json")
     p.add_argument("--official-directions", type=int, default=1, help="directions the official loop is timed on")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--calibration", action="store_true",
+                   help="also check calibrated scales against the probe (needs `analyze` to have stored them)")
     args = p.parse_args(argv)
 
     from noiseclr_lab.workflows import analyze
@@ -100,8 +152,10 @@ def main(argv=None) -> int:
     gt = json.loads(gt_path.read_text())
     result: dict = {}
     if not args.report:
-        kw = dict(scales=gt["settings"]["scales"], seeds=gt["settings"]["seeds"], device=args.device,
-                  num_inference_steps=gt["settings"]["num_inference_steps"], suggest_labels=False)
+        s = gt["settings"]
+        kw = dict(scales=s["scales"], seeds=s["seeds"], num_inference_steps=s["num_inference_steps"],
+                  guidance_scale=s["guidance_scale"], prompt=s["prompt"], edit_start=s["edit_start"],
+                  device=args.device, suggest_labels=False)
         t0 = time.perf_counter()
         res = analyze(args.run, cache=False, **kw)
         fresh = time.perf_counter() - t0
@@ -121,6 +175,13 @@ def main(argv=None) -> int:
         print(f"official loop:          {off_total:7.1f} s  (extrapolated from {off_n} images in {off_s:.1f} s)")
         print(f"speed-up fresh vs official: {off_total / fresh:.2f}x; cached vs fresh: {fresh / cached:.1f}x")
     analysis = json.loads((args.run / "analysis" / "analysis.json").read_text())
+    if args.calibration:
+        cal = calibration_check(args.run, gt, device=args.device)
+        result["calibration"] = cal
+        fixed = {k: v for k, v in cal["cv"].items() if k != "calibrated"}
+        print(f"calibration: CV of the probe's main-factor effect over active directions {cal['cv']['calibrated']:.3f} "
+              f"at calibrated scales vs " + ", ".join(f"{v:.3f} at |scale| {k[6:]}" for k, v in fixed.items())
+              + " (target: at most half of a fixed scale's)")
     v = validate(gt, analysis)
     result |= v
     print(f"ground truth: Spearman {v['spearman']:.3f} (target >= 0.8), auto-labels name the probe's main factor "

@@ -251,7 +251,7 @@ def to_score(args) -> dict:
             for s, t in points:
                 shutil.copy(out / "checkpoints" / f"step-{s}" / "directions.safetensors", out / "directions.safetensors")
                 res = evaluate_gt(out, "faces", seeds=args.eval_seeds, num_inference_steps=args.eval_steps,
-                                  baselines=[], scales=scales, progress=False)
+                                  baselines=[], scales=scales, progress=False, cache_sweeps=False)
                 m = res.banks["trained"]["metrics"]
                 curve.append({"step": s, "seconds": t, "coverage": m["coverage"], "modularity": m["modularity_all"],
                               "score": m["coverage"] + m["modularity_all"]})

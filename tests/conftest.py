@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -86,8 +87,16 @@ def tiny_pipe_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def planted_run(planted_source, tmp_path):
+    """A private copy of the planted run (workflows write analysis/ into it); the model folder is shared."""
+    import shutil
+
+    return Path(shutil.copytree(planted_source, tmp_path / "run"))
+
+
 @pytest.fixture(scope="session")
-def planted_run(tmp_path_factory):
+def planted_source(tmp_path_factory):
     """A tiny random SD whose cross-attention outputs are amplified (so that text moves the image), and a run
     with two directions: a planted one (a large random embedding) and a null one. The null direction's
     embedding is the end-of-text row: "<null>" then encodes exactly as the empty prompt (padding is that

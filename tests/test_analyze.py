@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -19,18 +18,18 @@ SMALL = dict(scales=(-3.0, 10.0), seeds=3, num_inference_steps=4, edit_start=0, 
 
 
 @pytest.fixture
-def run(planted_run, tmp_path):
-    """A private copy of the planted run (analysis writes into it)."""
-    shutil.copytree(planted_run.parent / "run", tmp_path / "run")
-    bank = DirectionBank.load(tmp_path / "run" / "directions.safetensors")
+def run(planted_run):
+    """A private copy of the planted run with a human label on the planted direction."""
+    bank = DirectionBank.load(planted_run / "directions.safetensors")
     bank.labels = ["my label", ""]
-    bank.save(tmp_path / "run" / "directions.safetensors")
-    return tmp_path / "run"
+    bank.save(planted_run / "directions.safetensors")
+    return planted_run
 
 
 def test_analyze_on_a_tiny_random_model_and_clip(run, tiny_clip_name, tmp_path):
     vocab = tmp_path / "v.toml"
     vocab.write_text('[groups]\ncolour = ["red", "green", "blue"]\nlight = ["dark", "bright"]\n')
+    torch.manual_seed(0)  # NAME:random draws the CLIP's weights from torch's global generator
     res = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
     data = json.loads((run / "analysis" / "analysis.json").read_text())
     assert data == json.loads(json.dumps(res.data)) and data["schema"] == "noiseclr_lab.analysis/1"
@@ -52,8 +51,14 @@ def test_analyze_on_a_tiny_random_model_and_clip(run, tiny_clip_name, tmp_path):
     # the sweep and the CLIP features are cached: a second analysis reads them and agrees
     cached = list((run / "analysis" / "sweeps").glob("*/features-*/d0001.safetensors"))
     assert len(cached) == 1
+    torch.manual_seed(0)
     again = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
     assert again.data["directions"] == res.data["directions"]
+    assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 1  # the same CLIP: its features reused
+    torch.manual_seed(1)  # another CLIP (other weights): its own features, the same sweep images
+    analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
+    assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 2
+    assert len(list((run / "analysis" / "sweeps").iterdir())) == 1
 
 
 def test_analyze_reads_the_sweep_evaluate_gt_cached(run, tiny_clip_name):
@@ -63,7 +68,7 @@ def test_analyze_reads_the_sweep_evaluate_gt_cached(run, tiny_clip_name):
 
     evaluate_gt(run, None, reader=RegionColourReader(), baselines=(), **SMALL)
     sweeps = list((run / "analysis" / "sweeps").iterdir())
-    assert len(sweeps) == 1
+    assert len(sweeps) == 1  # a fresh copy of the run: only this evaluation's sweep
     stamp = {p: p.stat().st_mtime_ns for p in sweeps[0].glob("*.safetensors")}
     analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", prompt="", **SMALL)
     assert list((run / "analysis" / "sweeps").iterdir()) == sweeps  # the same key: evaluate-gt's sweep

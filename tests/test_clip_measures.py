@@ -92,3 +92,18 @@ def test_every_measure_is_in_the_table_and_numpy_only(name):
 
     src = inspect.getsource(inspect.getmodule(MEASURES[name]))
     assert "import torch" not in src
+
+
+def test_calibrated_scales_interpolate_to_the_target_on_the_label_side():
+    from noiseclr_lab.analysis.metrics.calibration import calibrated_scales
+
+    scales = [-6.0, -3.0, 3.0, 6.0]
+    curve = np.array([[0.6, 0.3, 0.1, 0.2],   # direction 0, sign -: 0.3 at -3 exactly ... target 0.45 -> -4.5
+                      [0.0, 0.0, 0.5, 0.9],   # direction 1, sign +: reaches 0.45 between 0 and 3 -> 2.7
+                      [0.1, 0.05, 0.1, 0.2]]).T  # direction 2 never reaches it: strongest scale, not reached
+    cal, ok = calibrated_scales(curve, scales, signs=[-1, 1, 1], target=0.45)
+    assert cal == pytest.approx([-4.5, 2.7, 6.0]) and ok.tolist() == [True, True, False]
+    # a steeper direction gets a smaller calibrated scale: equal effect, different scales
+    steep = np.array([[0, 0, 0.9, 1.0]]).T
+    gentle = np.array([[0, 0, 0.3, 0.6]]).T
+    assert calibrated_scales(steep, scales, [1], 0.45)[0][0] < calibrated_scales(gentle, scales, [1], 0.45)[0][0]

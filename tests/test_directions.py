@@ -25,7 +25,8 @@ def test_save_load_bit_exact(tmp_path):
     assert back.metadata() == bank.metadata()
     meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["noiseclr_lab"])
     assert set(meta) == {"format_version", "tokens", "labels", "base_model", "text_encoder_hidden_size",
-                         "tokenizer_fingerprint", "training_config", "created_with", "suggested_labels"}
+                         "tokenizer_fingerprint", "training_config", "created_with", "suggested_labels",
+                         "calibrated_scales"}
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
 
 
@@ -37,9 +38,11 @@ def test_suggested_labels_round_trip_and_older_files_load(tmp_path):
     back = DirectionBank.load(bank.save(tmp_path / "b.safetensors"))
     assert back.suggestions == bank.suggestions and back.labels == ["smile", "", ""]
     meta = bank.metadata()
-    del meta["suggested_labels"]  # a bank written before suggestions existed (same format version)
+    del meta["suggested_labels"], meta["calibrated_scales"]  # a version 1 bank, before either existed
+    meta["format_version"] = 1
     save_file({"embeddings": bank.embeddings}, str(tmp_path / "old.safetensors"), metadata={"noiseclr_lab": json.dumps(meta)})
-    assert DirectionBank.load(tmp_path / "old.safetensors").suggestions == ["", "", ""]
+    old = DirectionBank.load(tmp_path / "old.safetensors")
+    assert old.suggestions == ["", "", ""] and old.calibrated_scales == [None, None, None]
     with pytest.raises(NoiseCLRLabError, match="2 suggested labels for 3 tokens"):
         DirectionBank(bank.embeddings, bank.tokens, suggestions=["a", "b"])
 
@@ -206,3 +209,24 @@ def test_import_refuses_arbitrary_pickles_and_damage(tmp_path):
         import_official(tmp_path / "empty")
     with pytest.raises(NoiseCLRLabError, match="does not exist"):
         import_official(tmp_path / "nope.bin")
+
+
+def test_exports_for_a1111_comfyui_load_in_diffusers(tiny_pipe, tmp_path):
+    from safetensors import safe_open
+
+    bank = DirectionBank(torch.randn(3, 32), ["<d1>", "<d2>", "<d3>"], labels=["smile", "", "hair=red (+)"],
+                         calibrated_scales=[2.5, None, -4.0], base_model="tiny",
+                         tokenizer_fingerprint=tokenizer_fingerprint(tiny_pipe.tokenizer))
+    paths = bank.export_embeddings(tmp_path / "a1111", "a1111")
+    assert [p.name for p in paths] == ["smile.safetensors", "d2.safetensors", "hair_red.safetensors"]
+    with safe_open(str(paths[2]), "pt") as fh:
+        assert list(fh.keys()) == ["emb_params"] and fh.get_tensor("emb_params").shape == (1, 32)
+        meta = json.loads(fh.metadata()["noiseclr_lab"])
+    assert meta["token"] == "<d3>" and meta["calibrated_scale"] == -4.0 and meta["base_model"] == "tiny"
+    tiny_pipe.load_textual_inversion(str(paths[0]), token="<smile>")
+    row = tiny_pipe.text_encoder.get_input_embeddings().weight[tiny_pipe.tokenizer.convert_tokens_to_ids("<smile>")]
+    assert torch.equal(row.detach(), bank.embeddings[0])
+    assert [p.name for p in bank.export_embeddings(tmp_path / "ti", "diffusers-ti")] == [
+        "d1.safetensors", "d2.safetensors", "d3.safetensors"]
+    with pytest.raises(NoiseCLRLabError, match="Unknown export format 'ckpt'"):
+        bank.export_embeddings(tmp_path / "x", "ckpt")

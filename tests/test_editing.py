@@ -222,3 +222,20 @@ def test_per_image_scales_equal_separate_calls(tiny_pipe):
         assert torch.allclose(sweep[i], single[0], atol=1e-5)
     with pytest.raises(NoiseCLRLabError, match="2 per-image scales for <d3> but the batch is 1"):
         _run(ep, edits={"<d3>": [1.0, 2.0]})
+
+
+def test_calibrated_scales_multiply_the_stored_scale(tiny_pipe, tmp_path, capsys):
+    bank = DirectionBank.random(2, 32, std=1.0, tokenizer_fingerprint=tokenizer_fingerprint(tiny_pipe.tokenizer),
+                                calibrated_scales=[2.5, None])
+    ep = EditPipeline(tiny_pipe, bank)
+    kw = dict(num_inference_steps=3, guidance_scale=1.0, output_type="pt")
+    a = ep("", edits={"<d1>": 2.0}, calibrated=True, generator=torch.Generator().manual_seed(0), **kw)
+    b = ep("", edits={"<d1>": 5.0}, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.edits["<d1>"]["scale"] == 5.0 and torch.equal(a.images, b.images)
+    with pytest.raises(NoiseCLRLabError, match="<d2> has no calibrated scale; run `noiseclr-lab analyze`"):
+        ep("", edits={"<d2>": 1.0}, calibrated=True, **kw)
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    assert main(["edit", "--model", "toy:faces", "--bank", str(path), "--apply", "<d2>=1", "--calibrated",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    assert "has no calibrated scale" in capsys.readouterr().err

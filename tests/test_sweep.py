@@ -89,7 +89,7 @@ def test_cached_sweep_resumes_and_is_reused_without_generating(edit_pipe, tmp_pa
     from noiseclr_lab.store import RunDir
 
     s = SweepSettings(scales=(-2.0, 4.0), seeds=2, num_inference_steps=3, guidance_scale=1.0, edit_start=1)
-    folder = sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, "tiny", s)
+    folder = sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, edit_pipe.pipe, s)
     assert folder.parent == tmp_path / "analysis" / "sweeps"
     first = read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["base.safetensors", "d0000.safetensors",
@@ -109,7 +109,12 @@ def test_cached_sweep_resumes_and_is_reused_without_generating(edit_pipe, tmp_pa
     np.testing.assert_allclose(again.base["colour"], first.base["colour"], atol=1e-6)
     # another bank, model or setting is another folder
     other = SweepSettings(scales=(-2.0, 4.0), seeds=3, num_inference_steps=3, guidance_scale=1.0, edit_start=1)
-    assert sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, "tiny", other) != folder
+    assert sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, edit_pipe.pipe, other) != folder
+    with torch.no_grad():  # retrained / rebuilt weights are another model
+        edit_pipe.pipe.unet.conv_in.weight.add_(1e-3)
+    assert sweep_cache_dir(RunDir(tmp_path), edit_pipe.bank, edit_pipe.pipe, s) != folder
+    with torch.no_grad():
+        edit_pipe.pipe.unet.conv_in.weight.sub_(1e-3)
     (folder / "base.safetensors").write_bytes(b"garbage")
     with pytest.raises(NoiseCLRLabError, match="damaged"):
         read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)

@@ -55,3 +55,17 @@ def test_evaluate_gt_refuses_bad_input_before_work(planted_run, tmp_path):
     with pytest.raises(NoiseCLRLabError, match="supervised.*domain"):
         evaluate_gt(planted_run, None, reader=RegionColourReader(), seeds=2, scales=(1.0,), num_inference_steps=2,
                     baselines=("supervised",), device="cpu", progress=False)
+
+
+def test_evaluate_gt_cli_caches_sweeps_unless_told_not_to(planted_run, capsys):
+    from noiseclr_lab.cli import main
+
+    args = ["evaluate-gt", str(planted_run), "--domain", "faces", "--seeds", "2", "--steps", "2", "--scales=4",
+            "--baselines", "", "--device", "cpu"]
+    assert main(args + ["--no-cache-sweeps"]) == 0
+    assert not (planted_run / "analysis" / "sweeps").exists()
+    first = json.loads((planted_run / "analysis" / "gt_metrics.json").read_text())
+    assert first["schema"] == "noiseclr_lab.gt/2" and first["settings"]["cache_sweeps"] is False
+    assert main(args) == 0
+    assert len(list((planted_run / "analysis" / "sweeps").iterdir())) == 1
+    assert "wrote" in capsys.readouterr().out

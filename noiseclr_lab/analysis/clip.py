@@ -3,7 +3,8 @@
 
 Specs: ``toy`` (the shipped toy CLIP, the offline default), ``NAME:TAG`` (an open_clip model and pretrained
 tag, read from the local cache, e.g. ``ViT-L-14:laion2b_s32b_b82k``), ``NAME:/path/weights.safetensors`` (a
-local checkpoint of that architecture), or ``NAME:random`` (random weights: tests and plumbing only).
+local checkpoint of that architecture; safetensors only, no pickles), or ``NAME:random`` (random weights:
+tests and plumbing only).
 """
 
 from __future__ import annotations
@@ -54,8 +55,17 @@ class ClipModel:
         return float(self.model.logit_scale.exp())
 
     def fingerprint(self) -> str:
-        """A short id of the spec (feature caches are keyed by it)."""
-        return hashlib.sha256(self.spec.encode()).hexdigest()[:12]
+        """A short id of what the features depend on (feature caches are keyed by it): the spec, the weights
+        file's size and time when the spec names one, the dtype and a few weights of each tower."""
+        h = hashlib.sha256(f"{self.spec}|{self.dtype}|{self.image_size}".encode())
+        _, _, tail = self.spec.partition(":")
+        if tail and Path(tail).expanduser().is_file():
+            st = Path(tail).expanduser().stat()
+            h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+        params = list(self.model.parameters())
+        for p in (params[0], params[-1]):  # two small tensors that differ between weight files
+            h.update(p.detach().float().cpu().contiguous().flatten()[:4096].numpy().tobytes())
+        return h.hexdigest()[:12]
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [0, 1] -> the tower's normalised input: bicubic resize of the shortest side
@@ -120,7 +130,11 @@ def load_clip_model(spec: str = TOY, device=None, batch_size: int = 64) -> ClipM
                                    f"one of {', '.join(tags) or '(none)'}, NAME:/path/to/weights, or NAME:random.")
         if pretrained == "random":
             pretrained = None
-        elif not Path(pretrained).expanduser().is_file():
+        elif Path(pretrained).expanduser().is_file():
+            if Path(pretrained).suffix.lower() != ".safetensors":
+                raise NoiseCLRLabError(f"CLIP weights {pretrained} must be a .safetensors file (pickled checkpoints "
+                                       "are not loaded); convert it with safetensors.torch.save_file first.")
+        else:
             tags = open_clip.list_pretrained_tags_by_model(name)
             if pretrained not in tags:
                 raise NoiseCLRLabError(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name}; "

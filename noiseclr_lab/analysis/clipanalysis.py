@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from noiseclr_lab.analysis.clip import ClipModel, ClipReader
 from noiseclr_lab.analysis.metrics.autolabel import auto_labels, directional_similarity
+from noiseclr_lab.analysis.metrics.calibration import DEFAULT_TARGET, calibrated_scales
 from noiseclr_lab.analysis.metrics.consistency import consistency
 from noiseclr_lab.analysis.metrics.preservation import clip_similarity, pixel_rmse
 from noiseclr_lab.analysis.metrics.rescoring import group_effect, rescoring, strongest_scale, target_and_off_target
@@ -51,29 +51,37 @@ def _lpips_model(device):
 
 
 def _features(clip: ClipModel, images: torch.Tensor, folder: Path | None, name: str) -> torch.Tensor:
-    """CLIP image features of one sweep batch, cached beside its images when the sweep is cached."""
-    path = folder / f"{name}.safetensors" if folder is not None else None
-    if path is not None and path.is_file():
+    """CLIP image features of one sweep batch, cached beside its images when the sweep is cached. A feature
+    file records the size and time of the image file it was computed from and is recomputed when they differ
+    (the images were regenerated)."""
+    if folder is None:
+        return clip.encode_images(images)
+    path = folder / f"{name}.safetensors"
+    src = folder.parent / f"{name}.safetensors"
+    stamp = f"{src.stat().st_size}:{src.stat().st_mtime_ns}" if src.is_file() else ""
+    if path.is_file():
         try:
-            return load_file(str(path))["features"]
+            with safe_open(str(path), framework="pt") as fh:
+                if (fh.metadata() or {}).get("images") == stamp:
+                    return fh.get_tensor("features")
         except (SafetensorError, OSError, KeyError):
             pass  # a damaged cache entry is recomputed
     f = clip.encode_images(images)
-    if path is not None:
-        save_safetensors_atomic({"features": f}, path)
+    save_safetensors_atomic({"features": f}, path, metadata={"images": stamp})
     return f
 
 
 @torch.no_grad()
 def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, settings: SweepSettings, *,
                  cache: Path | None = None, text_cache: Path | None = None, noise_z: float = NOISE_Z,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, calibration_target: float = DEFAULT_TARGET) -> dict:
     """Sweep ``bank`` on ``pipe`` and measure every direction with CLIP over ``vocab``.
 
     Args:
         cache: the sweep's cache folder (``sweep_cache_dir``): images and CLIP features are kept there, so an
             interrupted analysis resumes and other readers reuse the images. None: in memory only.
         text_cache: folder for the vocabulary's text features (None: not cached).
+        calibration_target: the shrunk attribute change a calibrated scale should reach (``calibrated_scales``).
     Returns:
         A JSON-ready dict: "attributes", "groups", "scales", "lpips" and one entry per direction (see
         docs/design.md, "analysis.json").
@@ -99,7 +107,8 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
         pix[:, k] = pixel_rmse(edited.float().cpu().numpy(), x_base.float().cpu().numpy())
         if lp_model is not None:
             for i in range(n):
-                lp_dist[i, k] = float(lp_model(edited[i] * 2 - 1, x_base.to(edited.device) * 2 - 1).mean())
+                a, b = edited[i].float() * 2 - 1, x_base.to(edited.device).float() * 2 - 1
+                lp_dist[i, k] = float(lp_model(a, b).mean())
 
     attrs = vocab.attributes
     groups_of = [gi for gi, vals in enumerate(vocab.groups.values()) for _ in vals]
@@ -119,6 +128,7 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
     t_change = np.concatenate([(t - t.mean(0, keepdim=True)).numpy() for t in reader.text_features.values()])  # (A, E)
     f_change = (f_ed[lab["scale_index"], np.arange(K)] - f_base[None]).mean(1)  # (K, E)
     dsim = directional_similarity(f_change, t_change)  # (K, A)
+    cal, cal_ok = calibrated_scales(geff.max(-1), settings.scales, lab["sign"], calibration_target)
 
     directions = []
     for k, tok in enumerate(bank.tokens):
@@ -136,6 +146,8 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
             "consistency": float(cons[:, k].max()),
             "consistency_by_scale": cons[:, k].round(5).tolist(),
             "scale": float(settings.scales[int(at[k])]),
+            "calibrated_scale": None if not np.isfinite(cal[k]) else round(float(cal[k]), 4),
+            "calibration_reached": bool(cal_ok[k]),
             "rescoring": dict(zip(attrs, row[k].round(5).tolist())),
             "rescoring_se": dict(zip(attrs, row_se[k].round(5).tolist())),
             "group_effect": dict(zip(vocab.groups, geff[int(at[k]), k].round(5).tolist())),
@@ -158,6 +170,7 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
         "groups": {g: list(v) for g, v in vocab.groups.items()},
         "scales": list(settings.scales),
         "lpips": lp,
+        "calibration_target": calibration_target,
         "rescoring_by_scale": {"mean": mean.round(5).tolist(), "se": se.round(5).tolist()},  # (n, K, A)
         "directions": directions,
     }

@@ -27,6 +27,7 @@ from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_safetensors_atomic, write_json_atomic
+from noiseclr_lab.models import pipeline_fingerprint, pipeline_spec
 from noiseclr_lab.store import RunDir
 
 
@@ -75,10 +76,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def sweep_cache_dir(run: RunDir, bank: DirectionBank, model: str, settings: SweepSettings,
+def sweep_cache_dir(run: RunDir, bank: DirectionBank, pipe, settings: SweepSettings,
                     negative_prompt: str | None = None) -> Path:
-    """RUN/analysis/sweeps/<key>/ for this bank, model spec and settings (``RunDir.sweep_key``)."""
+    """RUN/analysis/sweeps/<key>/ for this bank, pipeline (its spec, dtype and weights: ``pipeline_fingerprint``)
+    and settings (``RunDir.sweep_key``)."""
     s = settings
+    model = f"{pipeline_spec(pipe)}#{pipeline_fingerprint(pipe)}"
     key = RunDir.sweep_key(bank_hash=bank.content_hash(), model=model, prompt=s.prompt, scales=s.scales,
                            seeds=s.seeds, num_inference_steps=s.num_inference_steps, edit_start=s.edit_start,
                            guidance_scale=s.guidance_scale, negative_prompt=negative_prompt)

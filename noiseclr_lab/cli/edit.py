@@ -27,6 +27,14 @@ def cmd_edit(args) -> int:
         raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
     if args.grid and windows:
         raise NoiseCLRLabError("--window applies to single edits; a --grid takes --edit-start for all its cells.")
+    if args.grid and args.calibrated:
+        raise NoiseCLRLabError("--calibrated applies to single edits (--apply NAME=MULTIPLE).")
+    if args.calibrated:
+        for name in edits:
+            k = bank.index(name)
+            if bank.calibrated_scales[k] is None:
+                raise NoiseCLRLabError(f"Direction {bank.tokens[k]} has no calibrated scale; run `noiseclr-lab analyze` "
+                                       "on its run first.")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     ep = EditPipeline(pipe, bank)
     inversion = None
@@ -43,7 +51,7 @@ def cmd_edit(args) -> int:
         save_image_atomic(grid, args.out)
         print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
         return 0
-    out = ep(args.prompt, edits=edits, windows=windows, edit_start=args.edit_start,
+    out = ep(args.prompt, edits=edits, windows=windows, edit_start=args.edit_start, calibrated=args.calibrated,
              generator=torch.Generator().manual_seed(args.seed), inversion=inversion, **kwargs)
     save_image_atomic(out.images[0], args.out)
     applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in out.edits.items())
@@ -59,6 +67,9 @@ def add_parsers(sub) -> None:
                    help="a direction (token or label) and its scale; repeat to compose")
     s.add_argument("--window", type=name_window, action="append", metavar="NAME=START:END",
                    help="steps [START, END) on which a direction is active (default: all, or from --edit-start)")
+    s.add_argument("--calibrated", action="store_true",
+                   help="scales are multiples of each direction's calibrated scale (from `analyze`): <d3>=1 is the "
+                        "edit that reaches the common target")
     s.add_argument("--edit-start", type=nonnegative_int, default=0,
                    help="edits (and --grid cells) start at this denoising step; the first steps set the layout "
                         "(evaluate-gt scores from 20%% of the steps on; default 0: every step)")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from noiseclr_lab.cli.args import add_device, float_list, positive_int
+from noiseclr_lab.cli.args import add_device, float_list, int_at_least, positive_int
+
+at_least_two = int_at_least(2, "an integer >= 2")
 
 
 def cmd_evaluate_gt(args) -> int:
@@ -52,7 +55,7 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("evaluate-gt", help="score a run's directions against the toy world's ground truth")
     s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
     s.add_argument("--domain", required=True, help="toy domain whose probe reads the factors (faces, shapes, scenes)")
-    s.add_argument("--seeds", type=positive_int, default=12, help="seeds per direction and scale (at least 2)")
+    s.add_argument("--seeds", type=at_least_two, default=12, help="seeds per direction and scale (at least 2)")
     s.add_argument("--noise-z", type=float, default=1.0,
                    help="standard errors subtracted from every mean probe change (0: raw means)")
     s.add_argument("--edit-start", type=int, default=None,
@@ -62,8 +65,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
     s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
-    s.add_argument("--cache-sweeps", action="store_true",
-                   help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ to resume or reuse them")
+    s.add_argument("--cache-sweeps", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ so a rerun or `analyze` reuses them "
+                        "(default; --no-cache-sweeps keeps float images in memory only)")
     add_device(s)
     s.set_defaults(func=cmd_evaluate_gt)
 
@@ -75,7 +79,7 @@ def add_parsers(sub) -> None:
                    help="toy:<domain>, faces, cars, cats, art, or a .txt/.toml file (default: the toy domain, else faces)")
     s.add_argument("--prompt", default=None, help="prompt of every image (default: the toy domain's head, else empty)")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="scale sweep, e.g. --scales=-6,-3,3,6")
-    s.add_argument("--seeds", type=positive_int, default=12, help="seeds per direction and scale (at least 2)")
+    s.add_argument("--seeds", type=at_least_two, default=12, help="seeds per direction and scale (at least 2)")
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the images (guidance_scale)")
     s.add_argument("--edit-start", type=int, default=None,

@@ -16,7 +16,8 @@ from noiseclr_lab._version import __version__
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_safetensors_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added calibrated_scales; version 1 files (no such field) still load
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "noiseclr_lab"
 TENSOR_KEY = "embeddings"
 
@@ -30,6 +31,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     added = set(tokenizer.get_added_vocab())
     base = sorted((tok, idx) for tok, idx in tokenizer.get_vocab().items() if tok not in added)
     return hashlib.sha256(json.dumps(base, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+EXPORT_FORMATS = ("a1111", "comfyui", "diffusers-ti")
+
+
+def _file_stem(name: str) -> str:
+    """A file-name-safe version of a token or label ("<d3>" -> "d3", "hair=red (+)" -> "hair_red")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "direction"
 
 
 def text_encoder_hidden_size(text_encoder) -> int:
@@ -50,6 +59,8 @@ class DirectionBank:
     created_with: str = ""  # library and version that wrote the bank
     suggestions: list[str] = field(default_factory=list)  # K machine-suggested labels (auto-labels; "" = none);
     # kept apart from ``labels``, which only people set
+    calibrated_scales: list[float | None] = field(default_factory=list)  # K scales at which each edit reaches
+    # the common calibration target (signed; None = not calibrated); `analyze` writes them
 
     def __post_init__(self):
         emb = torch.as_tensor(self.embeddings)
@@ -68,6 +79,10 @@ class DirectionBank:
         if len(self.labels) != len(self.tokens):
             raise NoiseCLRLabError(f"{len(self.labels)} labels for {len(self.tokens)} tokens; they must match.")
         self.suggestions = list(self.suggestions) if self.suggestions else [""] * len(self.tokens)
+        cal = list(self.calibrated_scales) if self.calibrated_scales else [None] * len(self.tokens)
+        if len(cal) != len(self.tokens):
+            raise NoiseCLRLabError(f"{len(cal)} calibrated scales for {len(self.tokens)} tokens; they must match.")
+        self.calibrated_scales = [None if v is None else float(v) for v in cal]
         if len(self.suggestions) != len(self.tokens):
             raise NoiseCLRLabError(f"{len(self.suggestions)} suggested labels for {len(self.tokens)} tokens; they must match.")
         if not self.created_with:
@@ -122,6 +137,7 @@ class DirectionBank:
             "training_config": self.training_config,
             "created_with": self.created_with,
             "suggested_labels": self.suggestions,
+            "calibrated_scales": self.calibrated_scales,
         }
 
     # ------------------------------------------------------------------ files
@@ -157,9 +173,10 @@ class DirectionBank:
         except json.JSONDecodeError as e:
             raise NoiseCLRLabError(f"{path} has damaged bank metadata: {e}") from e
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise NoiseCLRLabError(
-                f"{path} has bank format version {version}; this noiseclr_lab reads version {FORMAT_VERSION}."
+                f"{path} has bank format version {version}; this noiseclr_lab reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}."
             )
         if meta.get("text_encoder_hidden_size") != emb.shape[-1]:
             raise NoiseCLRLabError(
@@ -175,6 +192,7 @@ class DirectionBank:
             training_config=meta.get("training_config") or {},
             created_with=meta.get("created_with", ""),
             suggestions=meta.get("suggested_labels") or [],
+            calibrated_scales=meta.get("calibrated_scales") or [],
         )
 
     # ------------------------------------------------------------------ pipelines
@@ -231,6 +249,36 @@ class DirectionBank:
 
     # ------------------------------------------------------------------ interchange
 
+    def export_embeddings(self, folder: str | os.PathLike, fmt: str = "a1111") -> list[Path]:
+        """One file per direction for the UIs people use, named after its label (else its token).
+
+        ``a1111`` / ``comfyui``: ``{"emb_params": (1, D)}`` safetensors (AUTOMATIC1111's and ComfyUI's
+        embedding format; diffusers' ``load_textual_inversion(path, token=...)`` reads it too), with the
+        token, label, calibrated scale and provenance in the metadata. ``diffusers-ti``: see
+        :meth:`export_textual_inversion`.
+        """
+        if fmt == "diffusers-ti":
+            return self.export_textual_inversion(folder)
+        if fmt not in EXPORT_FORMATS:
+            raise NoiseCLRLabError(f"Unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}.")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        for k, (token, row) in enumerate(zip(self.tokens, self.embeddings)):
+            stem = _file_stem(self.labels[k] or token)
+            path = folder / f"{stem}.safetensors"
+            if path in paths:
+                path = folder / f"{stem}_{_file_stem(token)}.safetensors"
+            if path in paths:
+                raise NoiseCLRLabError(f"Directions {self.tokens} map to clashing file names; relabel them.")
+            meta = {"token": token, "label": self.labels[k], "suggested_label": self.suggestions[k],
+                    "calibrated_scale": self.calibrated_scales[k], "base_model": self.base_model,
+                    "tokenizer_fingerprint": self.tokenizer_fingerprint, "created_with": self.created_with,
+                    "exported_with": _version(), "format": fmt}
+            save_safetensors_atomic({"emb_params": row[None]}, path, metadata={METADATA_KEY: json.dumps(meta)})
+            paths.append(path)
+        return paths
+
     def export_textual_inversion(self, folder: str | os.PathLike) -> list[Path]:
         """One diffusers textual-inversion file per token (``{token: (D,)}`` safetensors) in ``folder``.
 
@@ -240,8 +288,7 @@ class DirectionBank:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for token, row in zip(self.tokens, self.embeddings):
-            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", token).strip("_") or "direction"
-            path = folder / f"{stem}.safetensors"
+            path = folder / f"{_file_stem(token)}.safetensors"
             if path in paths:
                 raise NoiseCLRLabError(f"Tokens {self.tokens} map to clashing file names; rename them.")
             save_safetensors_atomic({token: row}, path)

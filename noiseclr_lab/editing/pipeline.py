@@ -110,9 +110,11 @@ class EditPipeline:
             self._embed_cache.update(zip(missing, emb))
         return torch.stack([self._embed_cache[t] for t in texts])
 
-    def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int, edit_start: int = 0) -> dict:
+    def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int, edit_start: int = 0,
+                      calibrated: bool = False) -> dict:
         """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows.
-        Edits without a window of their own are active on [edit_start, steps)."""
+        Edits without a window of their own are active on [edit_start, steps). With ``calibrated`` each scale
+        multiplies the direction's calibrated scale (``bank.calibrated_scales``, written by ``analyze``)."""
         edits = dict(edits or {})
         windows = dict(windows or {})
         if (edits or windows) and self.bank is None:
@@ -129,6 +131,12 @@ class EditPipeline:
                 scale = float(scale) if not isinstance(scale, (list, tuple, torch.Tensor)) else [float(v) for v in scale]
             except (TypeError, ValueError):
                 raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number or a list of numbers, got {scale!r}.") from None
+            if calibrated:
+                unit = self.bank.calibrated_scales[k]
+                if unit is None:
+                    raise NoiseCLRLabError(f"Direction {tok} has no calibrated scale; run `noiseclr-lab analyze` on its "
+                                           "run first (it stores them in the bank).")
+                scale = [v * unit for v in scale] if isinstance(scale, list) else scale * unit
             out[tok] = {"scale": scale, "window": (edit_start, steps), "label": self.bank.labels[k]}
         for name, win in windows.items():
             tok = self.bank.tokens[self.bank.index(name)]
@@ -181,6 +189,7 @@ class EditPipeline:
         start_step: int = 0,
         stop_step: int | None = None,
         edit_start: int = 0,
+        calibrated: bool = False,
     ) -> EditOutput:
         """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
 
@@ -190,7 +199,8 @@ class EditPipeline:
         with ``output_type="latent"`` gives the latents another run continues from (``latents=``, ``start_step=k``),
         so steps that several edits share (an edit warm-up) are computed once. ``edit_start`` is where edits
         without an entry in ``windows`` begin (0: every step; a warm-up leaves the first steps, which set the
-        layout, unedited).
+        layout, unedited). With ``calibrated`` the scales are multiples of each direction's calibrated scale
+        (1.0: the edit that reaches the common calibration target).
         """
         pipe = self.pipe
         if inversion is not None:
@@ -209,7 +219,7 @@ class EditPipeline:
                                    f"got start_step {start_step}, stop_step {stop_step}.")
         if start_step > 0 and (latents is None or inversion is not None):
             raise NoiseCLRLabError("start_step > 0 continues a stopped run: pass its latents (and no inversion).")
-        spec = self.resolve_edits(edits, windows, num_inference_steps, edit_start)
+        spec = self.resolve_edits(edits, windows, num_inference_steps, edit_start, calibrated)
         lam = {}  # token -> float, or (B, 1, 1, 1) per-image scales
         for tok, e in spec.items():
             if isinstance(e["scale"], list):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from noiseclr_lab.analysis.metrics.autolabel import auto_labels, directional_similarity
+from noiseclr_lab.analysis.metrics.calibration import calibrated_scales
 from noiseclr_lab.analysis.metrics.consistency import consistency, ranking_auc
 from noiseclr_lab.analysis.metrics.coverage import compute_coverage
 from noiseclr_lab.analysis.metrics.dci import compute_dci
@@ -44,6 +45,7 @@ MEASURES: dict[str, Callable] = {
     "ranking_auc": ranking_auc,
     "clip_similarity": clip_similarity,
     "pixel_rmse": pixel_rmse,
+    "calibrated_scales": calibrated_scales,
 }
 
 
