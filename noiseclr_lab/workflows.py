@@ -14,9 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from noiseclr_lab.analysis.clip import TOY, load_clip_model
+from noiseclr_lab.analysis.clip import TOY, ClipReader, load_clip_model
 from noiseclr_lab.analysis.clipanalysis import SCHEMA, analyze_bank
-from noiseclr_lab.analysis.figures import effect_curves, rescoring_heatmap
+from noiseclr_lab.analysis.composition import composition_analysis
+from noiseclr_lab.analysis.figures import (
+    additivity_scatter,
+    effect_curves,
+    interference_heatmap,
+    locality_grid,
+    rescoring_heatmap,
+)
 from noiseclr_lab.analysis.groundtruth import (
     CALIBRATION_THRESHOLD,
     DEFAULT_SCALES,
@@ -45,6 +52,10 @@ GT_HEATMAP = "gt_effects.png"
 ANALYSIS = "analysis.json"
 RESCORING_PNG = "rescoring.png"
 CURVES_PNG = "effect_curves.png"
+INTERFERENCE_PNG = "interference.png"
+ADDITIVITY_PNG = "additivity.png"
+LOCALITY_PNG = "locality.png"
+MAX_COMPOSED = 12  # composition is quadratic in the directions: at most this many (the most confident)
 ANALYZE_SCALES = (-6.0, -3.0, 3.0, 6.0)
 DEMO_BASELINES = ("random", "supervised")
 
@@ -166,7 +177,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
             prompt: str | None = None, scales: Sequence[float] = ANALYZE_SCALES, seeds: int = 12,
             num_inference_steps: int = 15, guidance_scale: float = 3.0, edit_start: int | None = None,
             device=None, progress: bool = True, noise_z: float = NOISE_Z, suggest_labels: bool = True,
-            cache: bool = True) -> AnalysisResult:
+            cache: bool = True, composition: bool = True, max_composed: int = MAX_COMPOSED) -> AnalysisResult:
     """CLIP analysis of a run's directions on any model: re-scoring, auto-labels, consistency, effect curves,
     preservation, calibrated scales. Writes RUN/analysis/analysis.json, rescoring.png and effect_curves.png,
     and (unless ``suggest_labels`` is False) the auto-labels (as suggestions, never over a human label) and
@@ -181,6 +192,9 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         scales, seeds, num_inference_steps, guidance_scale, edit_start: the sweep; with the defaults it is
             the demo's evaluate-gt sweep, whose cached images are then read instead of generated.
         cache: keep sweep images and CLIP features in RUN/analysis/sweeps/<key>/ (resume, reuse).
+        composition: also apply the calibrated directions (those whose effect reaches the calibration target;
+            at most ``max_composed``, the most confident) alone and in pairs: interference, additivity,
+            locality (``analysis.composition``).
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     bank_path = run.require_directions()
@@ -202,13 +216,34 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
                           text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress)
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
             "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z}} | result
+    if composition:
+        data["composition"] = _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress)
     path = run.analysis_file(ANALYSIS)
     write_json_atomic(path, data)
     figures = [rescoring_heatmap(data, run.analysis_file(RESCORING_PNG)),
                effect_curves(data, run.analysis_file(CURVES_PNG))]
+    comp = data.get("composition", {})
+    if "interference" in comp:
+        figures += [interference_heatmap(comp, run.analysis_file(INTERFERENCE_PNG)),
+                    additivity_scatter(comp, run.analysis_file(ADDITIVITY_PNG)),
+                    locality_grid(comp, run.analysis_file(LOCALITY_PNG))]
     if suggest_labels:
         _store_suggestions(bank_path, data)
     return AnalysisResult(run=run, data=data, path=path, figures=figures)
+
+
+def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress) -> dict:
+    """The composition section of analysis.json: over the calibrated directions, or why it was skipped."""
+    dirs = data["directions"]
+    ready = [k for k, d in enumerate(dirs) if d["calibration_reached"]]
+    ready = sorted(ready, key=lambda k: -dirs[k]["confidence"])[:max_composed]
+    if len(ready) < 2:
+        return {"skipped": f"{len(ready)} direction(s) reach the calibration target; composition needs two"}
+    ready.sort()
+    reader = ClipReader(clip_model, vocabulary, cache_dir=run.analysis_dir)
+    attrs = data["attributes"]
+    return composition_analysis(pipe, bank, reader, settings, ready, [dirs[k]["calibrated_scale"] for k in ready],
+                                [attrs.index(dirs[k]["suggested_label"]) for k in ready], progress=progress)
 
 
 def _store_suggestions(bank_path: Path, data: dict) -> None:

@@ -1,6 +1,7 @@
 """Benchmark and validate ``noiseclr-lab analyze`` (the CLIP analysis layer) on a toy run.
 
-Speed: times ``workflows.analyze`` with a fresh sweep (no cache), then again reading the cached sweep, and
+Speed: times ``workflows.analyze`` with a fresh sweep (no cache), then again reading the cached sweep, what
+the composition analysis (interference, additivity, locality) adds to it, and
 the way the official release would do the same work: one image per (direction, scale, seed), each edit
 generated alone with one UNet call per term per step (EditPipeline mode="reference"), CLIP-encoded one
 image at a time. The official loop is timed on ``--official-directions`` directions and extrapolated to
@@ -157,21 +158,28 @@ def main(argv=None) -> int:
                   guidance_scale=s["guidance_scale"], prompt=s["prompt"], edit_start=s["edit_start"],
                   device=args.device, suggest_labels=False)
         t0 = time.perf_counter()
-        res = analyze(args.run, cache=False, **kw)
+        res = analyze(args.run, cache=False, composition=False, **kw)
         fresh = time.perf_counter() - t0
         K = len(res.directions)
         n_img = K * len(kw["scales"]) * kw["seeds"] + kw["seeds"]
+        analyze(args.run, cache=True, composition=False, **kw)  # fills the cache unless evaluate-gt already did
         t0 = time.perf_counter()
-        analyze(args.run, cache=True, **kw)  # fills the cache unless evaluate-gt already did
-        t0 = time.perf_counter()
-        analyze(args.run, cache=True, **kw)
+        analyze(args.run, cache=True, composition=False, **kw)
         cached = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        comp_res = analyze(args.run, cache=True, composition=True, **kw)
+        composed = time.perf_counter() - t0 - cached
+        comp = comp_res.data["composition"]
+        n_comp = len(comp.get("tokens", []))
         off_s, off_n = official_loop(args.run, res.data, args.official_directions, args.device)
         off_total = off_s / off_n * n_img
-        result |= {"directions": K, "images": n_img, "fresh_s": fresh, "cached_s": cached,
+        result |= {"directions": K, "images": n_img, "fresh_s": fresh, "cached_s": cached, "composition_s": composed,
+                   "composed_directions": n_comp, "overlap_predicts_interference": comp.get("overlap_predicts_interference"),
                    "official_s_extrapolated": off_total, "official_images_timed": off_n}
         print(f"analyze, fresh sweep:   {fresh:7.1f} s  ({n_img} images, {n_img / fresh:.1f} img/s)")
         print(f"analyze, cached sweep:  {cached:7.1f} s")
+        print(f"composition adds:       {composed:7.1f} s  ({n_comp} calibrated directions alone and in "
+              f"{n_comp * (n_comp - 1) // 2} pairs, {kw['seeds']} seeds each)")
         print(f"official loop:          {off_total:7.1f} s  (extrapolated from {off_n} images in {off_s:.1f} s)")
         print(f"speed-up fresh vs official: {off_total / fresh:.2f}x; cached vs fresh: {fresh / cached:.1f}x")
     analysis = json.loads((args.run / "analysis" / "analysis.json").read_text())

@@ -154,3 +154,30 @@ def test_sd15_with_openclip_vit_l14_where_cached(tmp_path):
     res = analyze(tmp_path / "run", clip="ViT-L-14:laion2b_s32b_b82k", vocab="faces", prompt="a photo of a person",
                   scales=(-4.0, 4.0), seeds=2, num_inference_steps=10)
     assert len(res.directions) == 2 and res.path.is_file()
+
+
+def test_composition_of_a_planted_and_a_null_direction(run, tiny_clip_name):
+    """Adding the null direction leaves the planted one's effect intact (no interference), it changes no
+    pixel (empty locality map, no overlap), and analysis.json records the composition or why it was skipped."""
+    from noiseclr_lab.analysis.clip import ClipReader
+    from noiseclr_lab.analysis.composition import composition_analysis
+    from noiseclr_lab.analysis.sweep import SweepSettings
+    from noiseclr_lab.analysis.vocab import load_vocabulary
+    from noiseclr_lab.models import load_pipeline
+
+    bank = DirectionBank.load(run / "directions.safetensors")
+    pipe = load_pipeline(bank.base_model, device="cpu")
+    torch.manual_seed(0)
+    reader = ClipReader(load_clip_model(f"{tiny_clip_name}:random", device="cpu"), load_vocabulary("art"))
+    s = SweepSettings(scales=(10.0,), seeds=3, num_inference_steps=4, guidance_scale=3.0, edit_start=1)
+    comp = composition_analysis(pipe, bank, reader, s, members=[0, 1], scales=[10.0, 10.0], own_attr=[0, 0],
+                                progress=False)
+    assert comp["tokens"] == ["<planted>", "<null>"] and comp["interference"][0][0] is None
+    assert comp["interference"][0][1] == pytest.approx(0.0, abs=1e-3)  # the null direction does not interfere
+    assert comp["overlap_pixels"][0][1] == pytest.approx(0.0, abs=1e-6)  # ... nor change any place
+    null_map = torch.tensor(comp["locality_pixels"][1])
+    assert null_map.abs().max() < 1e-5 and torch.tensor(comp["locality_pixels"][0]).max() > 1e-4
+    assert len(comp["additivity_points"]) == 2
+    res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", **SMALL)
+    c = res.data["composition"]
+    assert "skipped" in c or len(c["interference"]) >= 2

@@ -107,3 +107,51 @@ def test_calibrated_scales_interpolate_to_the_target_on_the_label_side():
     steep = np.array([[0, 0, 0.9, 1.0]]).T
     gentle = np.array([[0, 0, 0.3, 0.6]]).T
     assert calibrated_scales(steep, scales, [1], 0.45)[0][0] < calibrated_scales(gentle, scales, [1], 0.45)[0][0]
+
+
+def test_interference_additivity_and_overlap_properties():
+    from noiseclr_lab.analysis.metrics.composition import (
+        additivity,
+        change_map,
+        interference,
+        overlap,
+        rank_correlation,
+    )
+
+    S, A = 6, 4
+    base = np.full((S, A), 0.25)
+    alone = np.repeat(base[None], 3, 0).copy()
+    alone[0, :, 0] += 0.4  # direction 0 raises attribute 0
+    alone[1, :, 1] += 0.3  # direction 1 raises attribute 1
+    alone[2, :, 2] += 0.3  # direction 2 raises attribute 2
+    pair = np.zeros((3, 3, S, A))
+    for i in range(3):
+        for j in range(3):
+            pair[i, j] = base + (alone[i] - base) + (alone[j] - base)  # perfectly additive composition
+    pair[0, 2, :, 0] = pair[2, 0, :, 0] = base[:, 0] + 0.1  # ... except that 2 undoes most of 0's effect
+    inter = interference(base, alone, pair, own_attr=[0, 1, 2])
+    assert np.isnan(inter).sum() == 3 and inter[0, 1] == pytest.approx(0) and inter[1, 0] == pytest.approx(0)
+    assert inter[0, 2] == pytest.approx(0.75) and inter[2, 0] == pytest.approx(0)
+
+    E = 16
+    fb = RNG.normal(size=(S, E))
+    fa = np.stack([fb + RNG.normal(size=E) for _ in range(3)])
+    fp = np.zeros((3, 3, S, E))
+    for i in range(3):
+        for j in range(3):
+            fp[i, j] = fa[i] + fa[j] - fb
+    fp[1, 2] = fp[2, 1] = fb - (fa[1] - fb) - (fa[2] - fb)  # the composition goes the opposite way
+    add = additivity(fb, fa, fp)
+    assert add[0, 1] == pytest.approx(1.0) and add[1, 2] == pytest.approx(-1.0)
+
+    maps = np.zeros((3, 4, 4))
+    maps[0, :2] = 1  # top half
+    maps[1, 2:] = 1  # bottom half
+    maps[2] = 1  # everywhere
+    ov = overlap(maps)
+    assert ov[0, 0] == pytest.approx(1) and ov[0, 1] == pytest.approx(0) and ov[0, 2] == pytest.approx(0.5)
+    x = np.zeros((2, 3, 4, 4))
+    assert change_map(x + 0.5, x).shape == (4, 4) and np.allclose(change_map(x + 0.5, x), 0.5)
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(rank_correlation([1, 2], [1, 2]))

@@ -69,3 +69,69 @@ def effect_curves(analysis: dict, path: Path) -> Path:
     axes[1].legend(fontsize=7, ncol=2, loc="upper left")
     fig.suptitle("Effect against scale")
     return _save(fig, path)
+
+
+def interference_heatmap(comp: dict, path: Path) -> Path:
+    """K x K interference (row i: how much adding column j changes i's effect on its own attribute)."""
+    from matplotlib.figure import Figure
+
+    m = np.array([[np.nan if v is None else v for v in row] for row in comp["interference"]], dtype=float)
+    toks = comp["tokens"]
+    fig = Figure(figsize=(0.5 * len(toks) + 3.5, 0.45 * len(toks) + 2.5))
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap="magma_r", vmin=0, vmax=max(1.0, float(np.nanmax(m)) if np.isfinite(m).any() else 1.0))
+    ax.set_xticks(range(len(toks)), toks, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(toks)), toks, fontsize=8)
+    ax.set_xlabel("added direction j")
+    ax.set_ylabel("direction i")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("interference |own effect of i with j - alone| / |alone|")
+    ax.set_title("Interference at calibrated scales")
+    return _save(fig, path)
+
+
+def additivity_scatter(comp: dict, path: Path) -> Path:
+    """Each direction's own attribute change composed with another direction against the sum of the two
+    single changes; points on the diagonal compose additively."""
+    from matplotlib.figure import Figure
+
+    pts = comp["additivity_points"]
+    x = np.array([p["sum_of_singles"] for p in pts])
+    y = np.array([p["composed"] for p in pts])
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=14, alpha=0.7)
+    lo, hi = float(min(x.min(), y.min(), 0)), float(max(x.max(), y.max(), 0))
+    ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1, label="additive")
+    ax.set_xlabel("sum of the single changes of i's attribute")
+    ax.set_ylabel("change of i's attribute with i and j composed")
+    ax.legend(fontsize=8)
+    ax.set_title("Additivity of pairs")
+    return _save(fig, path)
+
+
+def locality_grid(comp: dict, path: Path) -> Path:
+    """Where each direction changes the image: mean absolute pixel change over seeds, one panel per direction,
+    one shared colour scale."""
+    from matplotlib.figure import Figure
+
+    maps = [np.asarray(m) for m in comp["locality_pixels"]]
+    n = len(maps)
+    cols = min(n, 6)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(2.1 * cols + 1, 2.1 * rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    vmax = max(float(m.max()) for m in maps) or 1.0
+    im = None
+    for ax, m, tok in zip(axes, maps, comp["tokens"]):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(tok, fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    cb = fig.colorbar(im, ax=axes.tolist(), shrink=0.8)
+    cb.set_label("mean |pixel change| (0-1)")
+    fig.suptitle("Locality of each direction")
+    return _save(fig, path)

@@ -15,6 +15,7 @@ import numpy as np
 
 from noiseclr_lab.analysis.metrics.autolabel import auto_labels, directional_similarity
 from noiseclr_lab.analysis.metrics.calibration import calibrated_scales
+from noiseclr_lab.analysis.metrics.composition import additivity, change_map, interference, overlap, rank_correlation
 from noiseclr_lab.analysis.metrics.consistency import consistency, ranking_auc
 from noiseclr_lab.analysis.metrics.coverage import compute_coverage
 from noiseclr_lab.analysis.metrics.dci import compute_dci
@@ -46,6 +47,11 @@ MEASURES: dict[str, Callable] = {
     "clip_similarity": clip_similarity,
     "pixel_rmse": pixel_rmse,
     "calibrated_scales": calibrated_scales,
+    "interference": interference,
+    "additivity": additivity,
+    "change_map": change_map,
+    "overlap": overlap,
+    "rank_correlation": rank_correlation,
 }
 
 
