@@ -16,7 +16,7 @@ from pathlib import Path
 
 from noiseclr_lab.analysis.clip import TOY, ClipReader, load_clip_model
 from noiseclr_lab.analysis.clipanalysis import SCHEMA, analyze_bank
-from noiseclr_lab.analysis.composition import composition_analysis
+from noiseclr_lab.analysis.composition import composition_analysis, composition_cache_dir, fill_composition_cache
 from noiseclr_lab.analysis.figures import (
     additivity_scatter,
     effect_curves,
@@ -33,11 +33,12 @@ from noiseclr_lab.analysis.groundtruth import (
     make_baseline,
     score_bank,
 )
+from noiseclr_lab.analysis.metrics.calibration import DEFAULT_TARGET
 from noiseclr_lab.analysis.readers import ProbeReader, Reader
-from noiseclr_lab.analysis.sweep import SweepSettings, sweep_cache_dir
+from noiseclr_lab.analysis.sweep import SweepSettings, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
-from noiseclr_lab.editing import default_edit_start
+from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
@@ -177,7 +178,8 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
             prompt: str | None = None, scales: Sequence[float] = ANALYZE_SCALES, seeds: int = 12,
             num_inference_steps: int = 15, guidance_scale: float = 3.0, edit_start: int | None = None,
             device=None, progress: bool = True, noise_z: float = NOISE_Z, suggest_labels: bool = True,
-            cache: bool = True, composition: bool = True, max_composed: int = MAX_COMPOSED) -> AnalysisResult:
+            cache: bool = True, composition: bool = True, max_composed: int = MAX_COMPOSED,
+            calibration_target: float = DEFAULT_TARGET) -> AnalysisResult | None:
     """CLIP analysis of a run's directions on any model: re-scoring, auto-labels, consistency, effect curves,
     preservation, calibrated scales. Writes RUN/analysis/analysis.json, rescoring.png and effect_curves.png,
     and (unless ``suggest_labels`` is False) the auto-labels (as suggestions, never over a human label) and
@@ -192,9 +194,14 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         scales, seeds, num_inference_steps, guidance_scale, edit_start: the sweep; with the defaults it is
             the demo's evaluate-gt sweep, whose cached images are then read instead of generated.
         cache: keep sweep images and CLIP features in RUN/analysis/sweeps/<key>/ (resume, reuse).
+        calibration_target: the attribute change a calibrated scale reaches (default 0.25).
         composition: also apply the calibrated directions (those whose effect reaches the calibration target;
             at most ``max_composed``, the most confident) alone and in pairs: interference, additivity,
             locality (``analysis.composition``).
+
+    Under ``accelerate launch`` / ``torchrun`` each process makes its slice of the sweep and of the
+    composition batches (batch b on the process b % world) into the cache, and the main process computes and
+    writes the analysis from it, the same as one process would; the other processes return None.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     bank_path = run.require_directions()
@@ -208,16 +215,36 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         prompt = get_domain(domain).prefix if domain else ""
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, edit_start=edit_start)
+    state = _process_state()
+    rank, world = state.process_index, state.num_processes
+    if world > 1 and not cache:
+        raise NoiseCLRLabError("A sharded analysis (several processes) shares its work through the sweep cache; "
+                               "drop cache=False.")
+    if world > 1 and device is None:
+        device = state.device
     clip_model = load_clip_model(clip, device=device)
     pipe = load_pipeline(model, device=device)
     bank.check_compatible(pipe.tokenizer, pipe.text_encoder)  # a bank of another text encoder fails before work
     cache_dir = sweep_cache_dir(run, bank, pipe, settings) if cache else None
-    result = analyze_bank(pipe, bank, clip_model, vocabulary, settings, cache=cache_dir,
-                          text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress)
+    if world > 1:  # each process makes its slice of the sweep; the main process reads it all from the cache
+        fill_sweep_cache(EditPipeline(pipe, bank), settings, cache_dir, rank, world, progress)
+        state.wait_for_everyone()
+    result = None
+    if state.is_main_process:
+        result = analyze_bank(pipe, bank, clip_model, vocabulary, settings, cache=cache_dir,
+                              text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress,
+                              calibration_target=calibration_target)
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        result = broadcast_object_list([result])[0]
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
             "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z}} | result
     if composition:
-        data["composition"] = _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress)
+        data["composition"] = _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress,
+                                       cache_dir, state)
+    if not state.is_main_process:
+        return None
     path = run.analysis_file(ANALYSIS)
     write_json_atomic(path, data)
     figures = [rescoring_heatmap(data, run.analysis_file(RESCORING_PNG)),
@@ -232,18 +259,34 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     return AnalysisResult(run=run, data=data, path=path, figures=figures)
 
 
-def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress) -> dict:
-    """The composition section of analysis.json: over the calibrated directions, or why it was skipped."""
+def _process_state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress, cache_dir, state):
+    """The composition section of analysis.json: over the calibrated directions, or why it was skipped. With
+    several processes each makes its slice of the batches into the cache; the main process reads them all."""
     dirs = data["directions"]
     ready = [k for k, d in enumerate(dirs) if d["calibration_reached"]]
     ready = sorted(ready, key=lambda k: -dirs[k]["confidence"])[:max_composed]
     if len(ready) < 2:
         return {"skipped": f"{len(ready)} direction(s) reach the calibration target; composition needs two"}
     ready.sort()
+    scales = [dirs[k]["calibrated_scale"] for k in ready]
+    comp_cache = composition_cache_dir(cache_dir, bank, ready, scales) if cache_dir is not None else None
+    if state.num_processes > 1:
+        fill_composition_cache(pipe, bank, settings, ready, scales, comp_cache, state.process_index,
+                               state.num_processes, progress)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return {}
     reader = ClipReader(clip_model, vocabulary, cache_dir=run.analysis_dir)
     attrs = data["attributes"]
-    return composition_analysis(pipe, bank, reader, settings, ready, [dirs[k]["calibrated_scale"] for k in ready],
-                                [attrs.index(dirs[k]["suggested_label"]) for k in ready], progress=progress)
+    return composition_analysis(pipe, bank, reader, settings, ready, scales,
+                                [attrs.index(dirs[k]["suggested_label"]) for k in ready], progress=progress,
+                                cache=comp_cache)
 
 
 def _store_suggestions(bank_path: Path, data: dict) -> None:

@@ -181,3 +181,37 @@ def test_composition_of_a_planted_and_a_null_direction(run, tiny_clip_name):
     res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", **SMALL)
     c = res.data["composition"]
     assert "skipped" in c or len(c["interference"]) >= 2
+
+
+def test_two_processes_analyze_the_same_as_one(planted_source, tmp_path):
+    """`torchrun --nproc_per_node 2 -m noiseclr_lab.cli analyze` (gloo on the CPU): each process makes its
+    slice of the sweep and of the composition batches; the result equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    from noiseclr_lab.directions import tokenizer_fingerprint
+    from noiseclr_lab.models import load_pipeline
+
+    pipe = load_pipeline(str(planted_source.parent / "sd"), device="cpu")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    emb = torch.randn(3, table.shape[1], generator=torch.Generator().manual_seed(1)) * table.norm(dim=1).mean() * 3
+    bank = DirectionBank(emb, ["<a>", "<b>", "<c>"], base_model=str(planted_source.parent / "sd"),
+                         tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
+    for name in ("one", "two"):
+        bank.save(tmp_path / name / "directions.safetensors")
+    args = ["analyze", "--clip", "toy", "--vocab", "art", "--seeds", "2", "--steps", "3", "--scales=-8,8",
+            "--calibration-target", "0.001", "--device", "cpu"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "one"), *args[1:]],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29563", "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "two"), *args[1:]],
+                         capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "analysis" / "analysis.json").read_text())
+    b = json.loads((tmp_path / "two" / "analysis" / "analysis.json").read_text())
+    assert len(a["composition"]["tokens"]) >= 2  # the composition ran (and was sharded too)
+    assert b["directions"] == a["directions"] and b["composition"] == a["composition"]
+    assert two.stdout.count("wrote ") == 1  # one report, printed by the main process

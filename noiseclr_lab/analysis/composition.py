@@ -8,19 +8,25 @@ decoded from the final latents, so the change maps exist both in latents and in 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from noiseclr_lab.analysis.clip import ClipReader
 from noiseclr_lab.analysis.metrics.composition import additivity, change_map, interference, overlap, rank_correlation
-from noiseclr_lab.analysis.sweep import SweepSettings
+from noiseclr_lab.analysis.sweep import SweepSettings, to_uint8
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import save_safetensors_atomic
 
 MAP_SIDE = 32  # locality maps stored in analysis.json are average-pooled to at most this side
 
@@ -32,14 +38,88 @@ def _small(m: np.ndarray) -> list:
     return t[0, 0].numpy().round(5).tolist()
 
 
+def composition_runs(bank: DirectionBank, members: list[int], scales: list[float]) -> list[tuple[str, dict | None]]:
+    """The batches of a composition analysis, in order: the unedited base, each member alone, every pair."""
+    tokens = [bank.tokens[m] for m in members]
+    runs: list[tuple[str, dict | None]] = [("base", None)]
+    runs += [(f"a{i:03d}", {t: sc}) for i, (t, sc) in enumerate(zip(tokens, scales))]
+    runs += [(f"p{i:03d}_{j:03d}", {tokens[i]: scales[i], tokens[j]: scales[j]})
+             for i, j in combinations(range(len(tokens)), 2)]
+    return runs
+
+
+def composition_cache_dir(sweep_cache: Path, bank: DirectionBank, members: list[int], scales: list[float]) -> Path:
+    """<sweep cache>/composition-<hash of the members and their scales>/ (the sweep key covers the rest)."""
+    key = hashlib.sha256(json.dumps([[bank.tokens[m] for m in members], [float(v) for v in scales]]).encode())
+    folder = Path(sweep_cache) / f"composition-{key.hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class _Runner:
+    """Makes (or reads from a cache folder) the S-seed batches of one composition analysis."""
+
+    def __init__(self, pipe, bank: DirectionBank, settings: SweepSettings, cache: Path | None):
+        self.ep, self.s, self.cache = EditPipeline(pipe, bank), settings, cache
+        self._warm: list = []
+
+    def gens(self):
+        return [torch.Generator().manual_seed(i) for i in range(self.s.seeds)]
+
+    def start(self) -> dict:
+        s = self.s
+        if s.edit_start == 0:
+            return {"generator": self.gens()}
+        if not self._warm:  # the shared unedited warm-up, once per process
+            self._warm.append(self.ep([s.prompt] * s.seeds, generator=self.gens(), stop_step=s.edit_start,
+                                      output_type="latent", num_inference_steps=s.num_inference_steps,
+                                      guidance_scale=s.guidance_scale).images)
+        return {"latents": self._warm[0].clone(), "start_step": s.edit_start}
+
+    def make(self, edits: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.s
+        z = self.ep([s.prompt] * s.seeds, edits=edits, edit_start=s.edit_start, output_type="latent",
+                    num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale, **self.start()).images
+        return self.ep.decode(z, "pt").float().cpu(), z.float().cpu()
+
+    def get(self, name: str, edits: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (S, 3, H, W) in [0, 1], latents (S, C, h, w)); cached images are 8-bit, fresh or read."""
+        if self.cache is None:
+            return self.make(edits)
+        path = self.cache / f"{name}.safetensors"
+        if path.is_file():
+            try:
+                t = load_file(str(path))
+                return t["images"].float() / 255, t["latents"]
+            except (SafetensorError, OSError, KeyError) as e:
+                raise NoiseCLRLabError(f"The cached composition file {path} is damaged ({e}); delete it.") from e
+        x, z = self.make(edits)
+        img = to_uint8(x)
+        save_safetensors_atomic({"images": img, "latents": z}, path)
+        return img.float() / 255, z
+
+
+def fill_composition_cache(pipe, bank: DirectionBank, settings: SweepSettings, members: list[int],
+                           scales: list[float], cache: Path, rank: int, world: int, progress: bool = True) -> None:
+    """This process's share of a composition analysis: batch b is made by the process with rank b % world."""
+    runner = _Runner(pipe, bank, settings, cache)
+    runs = composition_runs(bank, members, scales)
+    mine = [r for b, r in enumerate(runs) if b % world == rank]
+    for name, edits in tqdm(mine, desc="composition", disable=not progress, leave=False):
+        runner.get(name, edits)
+
+
 @torch.no_grad()
 def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings: SweepSettings,
-                         members: list[int], scales: list[float], own_attr: list[int], progress: bool = True) -> dict:
+                         members: list[int], scales: list[float], own_attr: list[int], progress: bool = True,
+                         cache: Path | None = None) -> dict:
     """Interference, additivity and locality of the directions ``members`` of ``bank``.
 
     Args:
         scales: the scale each member is applied at (its calibrated scale).
         own_attr: index (into the reader's vocabulary attributes) of each member's own attribute (its label).
+        cache: a folder (``composition_cache_dir``) holding the batches (8-bit images and latents): batches
+            already there (made by other processes, ``fill_composition_cache``) are read, missing ones made.
     Returns:
         JSON-ready {"tokens", "scales", "interference", "additivity", "additivity_points", "overlap_pixels",
         "overlap_latents", "overlap_predicts_interference", "locality_pixels", "locality_latents"}; K x K
@@ -47,35 +127,16 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
     """
     if len(members) < 2:
         raise NoiseCLRLabError("Composition needs at least two directions.")
-    ep = EditPipeline(pipe, bank)
-    s, S = settings, settings.seeds
-    common = dict(num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
-
-    def gens():
-        return [torch.Generator().manual_seed(i) for i in range(S)]
-
-    warm = None if s.edit_start == 0 else ep([s.prompt] * S, generator=gens(), stop_step=s.edit_start,
-                                             output_type="latent", **common).images
-
-    def run(edits: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-        kw = {"latents": warm.clone(), "start_step": s.edit_start} if warm is not None else {"generator": gens()}
-        z = ep([s.prompt] * S, edits=edits, edit_start=s.edit_start, output_type="latent", **kw, **common).images
-        return ep.decode(z, "pt").float().cpu(), z.float().cpu()
-
+    runner = _Runner(pipe, bank, settings, cache)
+    runs = composition_runs(bank, members, scales)
     tokens = [bank.tokens[m] for m in members]
-    K = len(members)
-    x0, z0 = run(None)
+    K, S = len(members), settings.seeds
     pairs = list(combinations(range(K), 2))
-    bar = tqdm(total=K + len(pairs), desc="composition", disable=not progress, leave=False)
-    alone = []
-    for t, sc in zip(tokens, scales):
-        alone.append(run({t: sc}))
-        bar.update(1)
-    pair_out = {}
-    for i, j in pairs:
-        pair_out[i, j] = run({tokens[i]: scales[i], tokens[j]: scales[j]})
-        bar.update(1)
-    bar.close()
+    out = {name: runner.get(name, edits) for name, edits in tqdm(runs, desc="composition", disable=not progress,
+                                                                  leave=False)}
+    x0, z0 = out["base"]
+    alone = [out[f"a{i:03d}"] for i in range(K)]
+    pair_out = {(i, j): out[f"p{i:03d}_{j:03d}"] for i, j in pairs}
 
     clip = reader.clip
 

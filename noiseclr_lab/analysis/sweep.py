@@ -89,14 +89,15 @@ def sweep_cache_dir(run: RunDir, bank: DirectionBank, pipe, settings: SweepSetti
 
 
 @torch.no_grad()
-def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None
-               ) -> Iterator[tuple[int | None, torch.Tensor]]:
+def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None,
+               select=None) -> Iterator[tuple[int | None, torch.Tensor]]:
     """Yield ``(None, base)`` then ``(k, edited)`` for each direction k of ``edit_pipe.bank``.
 
     base (S, 3, H, W) and edited (n_scales * S, 3, H, W) are float images in [0, 1] on the pipeline's device.
     With ``cache`` (a folder, e.g. ``sweep_cache_dir(...)``) each batch is stored there as 8-bit images the
     first time and read back afterwards, so an interrupted sweep resumes and other readers reuse it; the
     images are then the 8-bit ones on the first pass too, so cached and fresh passes agree exactly.
+    ``select(b)`` (b = 0 for the base batch, k + 1 for direction k) limits the batches made and yielded.
     """
     bank = edit_pipe.bank
     if bank is None or len(bank) == 0:
@@ -138,12 +139,24 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(cache) / "settings.json", s.as_dict() | {"tokens": list(bank.tokens)})
-    yield None, cached("base", lambda: edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images)
+    if select is None or select(0):
+        yield None, cached("base", lambda: edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images)
     lam = [scale for scale in s.scales for _ in range(S)]
     for k, tok in enumerate(tqdm(bank.tokens, desc="sweep", disable=not progress, leave=False)):
-        yield k, cached(f"d{k:04d}", lambda tok=tok: edit_pipe(
-            [s.prompt] * len(lam), edits={tok: lam}, edit_start=s.edit_start, output_type="pt", **start(n),
-            **common).images)
+        if select is None or select(k + 1):
+            yield k, cached(f"d{k:04d}", lambda tok=tok: edit_pipe(
+                [s.prompt] * len(lam), edits={tok: lam}, edit_start=s.edit_start, output_type="pt", **start(n),
+                **common).images)
+
+
+def fill_sweep_cache(edit_pipe: EditPipeline, settings: SweepSettings, cache: Path, rank: int, world: int,
+                     progress: bool = True) -> None:
+    """This process's share of a cached sweep: batch b (0 the unedited base, k + 1 direction k) is made by the
+    process with rank b % world, unless it is on disk already. After every process has filled its share
+    (a barrier), any process reads the whole sweep from ``cache``: the batches are the ones one process
+    would have made (each is the same seeds through the same pipeline)."""
+    for _ in iter_sweep(edit_pipe, settings, progress, cache, select=lambda b: b % world == rank):
+        pass
 
 
 def read_sweep(edit_pipe: EditPipeline, readers: Reader | Mapping[str, Reader], settings: SweepSettings,

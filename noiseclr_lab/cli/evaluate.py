@@ -27,7 +27,10 @@ def cmd_analyze(args) -> int:
 
     res = analyze(args.run, clip=args.clip, vocab=args.vocab, prompt=args.prompt, scales=args.scales, seeds=args.seeds,
                   num_inference_steps=args.steps, guidance_scale=args.guidance, edit_start=args.edit_start,
-                  device=args.device, suggest_labels=not args.no_suggestions)
+                  device=args.device, suggest_labels=not args.no_suggestions,
+                  calibration_target=args.calibration_target, composition=not args.no_composition)
+    if res is None:  # a helper process of a sharded analysis: the main process prints
+        return 0
     print(res.summary())
     lp = res.data["lpips"]
     if lp["status"] != "ok":
@@ -84,7 +87,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the images (guidance_scale)")
     s.add_argument("--edit-start", type=int, default=None,
                    help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
-    s.add_argument("--no-suggestions", action="store_true", help="do not store the auto-labels in the bank")
+    s.add_argument("--no-suggestions", action="store_true",
+                   help="do not store the auto-labels and calibrated scales in the bank")
+    s.add_argument("--calibration-target", type=float, default=0.25,
+                   help="attribute-probability change a calibrated scale reaches (default 0.25)")
+    s.add_argument("--no-composition", action="store_true", help="skip interference, additivity and locality")
     add_device(s)
     s.set_defaults(func=cmd_analyze)
 
