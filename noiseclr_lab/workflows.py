@@ -215,7 +215,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         prompt = get_domain(domain).prefix if domain else ""
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, edit_start=edit_start)
-    state = _process_state()
+    state = _process_state(device)
     rank, world = state.process_index, state.num_processes
     if world > 1 and not cache:
         raise NoiseCLRLabError("A sharded analysis (several processes) shares its work through the sweep cache; "
@@ -259,10 +259,12 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     return AnalysisResult(run=run, data=data, path=path, figures=figures)
 
 
-def _process_state():
+def _process_state(device):
+    """accelerate's view of the processes (one, or those of `accelerate launch` / torchrun; gloo on the CPU)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=str(device).startswith("cpu") or (device is None and not torch.cuda.is_available()))
 
 
 def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress, cache_dir, state):
