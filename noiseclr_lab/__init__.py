@@ -7,9 +7,9 @@ layers these names come from.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from noiseclr_lab._lazy import lazy_exports
 from noiseclr_lab._version import __version__
 
 _LAZY = {
@@ -59,14 +59,4 @@ if TYPE_CHECKING:  # the same names, eagerly, for editors and type checkers (nev
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'noiseclr_lab' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

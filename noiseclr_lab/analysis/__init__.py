@@ -8,8 +8,9 @@ Names are imported on first use (submodules such as ``analysis.metrics`` stay li
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from noiseclr_lab._lazy import lazy_exports
 
 _LAZY = {
     "SweepSettings": "noiseclr_lab.analysis.sweep",
@@ -44,14 +45,4 @@ if TYPE_CHECKING:
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'noiseclr_lab.analysis' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
