@@ -34,6 +34,7 @@ def pipeline_fingerprint(pipe) -> str:
     for name in ("unet", "vae", "text_encoder", "scheduler"):
         comp = getattr(pipe, name)
         cfg = comp.config.to_dict() if hasattr(comp.config, "to_dict") else dict(comp.config)
+        cfg.pop("vocab_size", None)  # grows when a bank's tokens are installed; the model computes the same
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(str(pipe.unet.dtype).encode())
     for t in (pipe.unet.conv_in.weight, pipe.vae.decoder.conv_out.weight,

@@ -215,35 +215,29 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         prompt = get_domain(domain).prefix if domain else ""
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, edit_start=edit_start)
-    state = _process_state(device)
-    rank, world = state.process_index, state.num_processes
-    if world > 1 and not cache:
+    if not 0 < calibration_target <= 1:
+        raise NoiseCLRLabError(f"The calibration target is a change of probability in (0, 1], got {calibration_target}.")
+    procs = _Processes(device)
+    if procs.world > 1 and not cache:
         raise NoiseCLRLabError("A sharded analysis (several processes) shares its work through the sweep cache; "
                                "drop cache=False.")
-    if world > 1 and device is None:
-        device = state.device
+    device = procs.device if procs.world > 1 and device is None else device
     clip_model = load_clip_model(clip, device=device)
     pipe = load_pipeline(model, device=device)
     bank.check_compatible(pipe.tokenizer, pipe.text_encoder)  # a bank of another text encoder fails before work
     cache_dir = sweep_cache_dir(run, bank, pipe, settings) if cache else None
-    if world > 1:  # each process makes its slice of the sweep; the main process reads it all from the cache
-        fill_sweep_cache(EditPipeline(pipe, bank), settings, cache_dir, rank, world, progress)
-        state.wait_for_everyone()
-    result = None
-    if state.is_main_process:
-        result = analyze_bank(pipe, bank, clip_model, vocabulary, settings, cache=cache_dir,
-                              text_cache=run.analysis_dir if cache else None, noise_z=noise_z, progress=progress,
-                              calibration_target=calibration_target)
-    if world > 1:
-        from accelerate.utils import broadcast_object_list
-
-        result = broadcast_object_list([result])[0]
+    if procs.world > 1:  # each process makes its slice of the sweep; the main process reads it all from the cache
+        procs.on_every(lambda: fill_sweep_cache(EditPipeline(pipe, bank), settings, cache_dir, procs.rank,
+                                                procs.world, progress))
+    result = procs.on_main(lambda: analyze_bank(
+        pipe, bank, clip_model, vocabulary, settings, cache=cache_dir, text_cache=run.analysis_dir if cache else None,
+        noise_z=noise_z, progress=progress, calibration_target=calibration_target))
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
             "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z}} | result
     if composition:
         data["composition"] = _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress,
-                                       cache_dir, state)
-    if not state.is_main_process:
+                                       cache_dir, procs)
+    if not procs.main:
         return None
     path = run.analysis_file(ANALYSIS)
     write_json_atomic(path, data)
@@ -259,15 +253,61 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     return AnalysisResult(run=run, data=data, path=path, figures=figures)
 
 
-def _process_state(device):
-    """accelerate's view of the processes (one, or those of `accelerate launch` / torchrun; gloo on the CPU)."""
-    import torch
-    from accelerate import PartialState
+class _Processes:
+    """This process alone, or one of those of `accelerate launch` / torchrun (gloo on the CPU). accelerate's
+    process state is created only in the second case: it is a singleton that later decides the device of a
+    training run in the same Python process."""
 
-    return PartialState(cpu=str(device).startswith("cpu") or (device is None and not torch.cuda.is_available()))
+    def __init__(self, device):
+        self.rank, self.world, self.device = 0, 1, None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+            from accelerate import PartialState
+
+            cpu = str(device).startswith("cpu") or (device is None and not torch.cuda.is_available())
+            state = PartialState(cpu=cpu)
+            self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def _share(self, value):
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def on_every(self, fn) -> None:
+        """``fn()`` on every process, then a barrier; a failure anywhere is the same one-line error everywhere
+        (no process is left waiting for one that died)."""
+        err = ""
+        try:
+            fn()
+        except Exception as e:  # reported to every process below, then raised as one NoiseCLRLabError
+            if self.world == 1:
+                raise
+            err = f"process {self.rank}: {e}"
+        failed = [m for m in self._share(err) if m]
+        if failed:
+            raise NoiseCLRLabError(f"The sharded analysis failed on {failed[0]}")
+
+    def on_main(self, fn):
+        """``fn()`` on the main process, its result given to every process (a failure: one error everywhere)."""
+        if self.world == 1:
+            return fn()
+        out, err = None, ""
+        if self.main:
+            try:
+                out = fn()
+            except Exception as e:  # shared below
+                err = f"process 0: {e}"
+        shared = self._share((out, err))[0]
+        if shared[1]:
+            raise NoiseCLRLabError(f"The sharded analysis failed on {shared[1]}")
+        return shared[0]
 
 
-def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress, cache_dir, state):
+def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress, cache_dir, procs):
     """The composition section of analysis.json: over the calibrated directions, or why it was skipped. With
     several processes each makes its slice of the batches into the cache; the main process reads them all."""
     dirs = data["directions"]
@@ -278,11 +318,10 @@ def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_compos
     ready.sort()
     scales = [dirs[k]["calibrated_scale"] for k in ready]
     comp_cache = composition_cache_dir(cache_dir, bank, ready, scales) if cache_dir is not None else None
-    if state.num_processes > 1:
-        fill_composition_cache(pipe, bank, settings, ready, scales, comp_cache, state.process_index,
-                               state.num_processes, progress)
-        state.wait_for_everyone()
-        if not state.is_main_process:
+    if procs.world > 1:
+        procs.on_every(lambda: fill_composition_cache(pipe, bank, settings, ready, scales, comp_cache, procs.rank,
+                                                      procs.world, progress))
+        if not procs.main:
             return {}
     reader = ClipReader(clip_model, vocabulary, cache_dir=run.analysis_dir)
     attrs = data["attributes"]
@@ -300,7 +339,7 @@ def _store_suggestions(bank_path: Path, data: dict) -> None:
                       "not stored (analysis.json describes the directions as they were).", stacklevel=3)
         return
     bank.suggestions = [f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})" for d in data["directions"]]
-    bank.calibrated_scales = [d["calibrated_scale"] for d in data["directions"]]
+    bank.calibrated_scales = [d["calibrated_scale"] if d["calibration_reached"] else None for d in data["directions"]]
     bank.save(bank_path)
 
 

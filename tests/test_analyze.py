@@ -178,15 +178,22 @@ def test_composition_of_a_planted_and_a_null_direction(run, tiny_clip_name):
     null_map = torch.tensor(comp["locality_pixels"][1])
     assert null_map.abs().max() < 1e-5 and torch.tensor(comp["locality_pixels"][0]).max() > 1e-4
     assert len(comp["additivity_points"]) == 2
-    res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", **SMALL)
-    c = res.data["composition"]
-    assert "skipped" in c or len(c["interference"]) >= 2
+    res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", calibration_target=0.001, **SMALL)
+    reached = [d["calibration_reached"] for d in res.directions]
+    assert reached[1] is False  # the null direction never reaches any target
+    assert res.data["composition"] == {"skipped": f"{sum(reached)} direction(s) reach the calibration target; "
+                                                  "composition needs two"}
+    bank = DirectionBank.load(run / "directions.safetensors")
+    assert bank.calibrated_scales[1] is None  # an unreached direction stores no calibrated scale
+    with pytest.raises(NoiseCLRLabError, match="calibration target"):
+        analyze(run, clip=f"{tiny_clip_name}:random", calibration_target=0.0, **SMALL)
 
 
 def test_two_processes_analyze_the_same_as_one(planted_source, tmp_path):
     """`torchrun --nproc_per_node 2 -m noiseclr_lab.cli analyze` (gloo on the CPU): each process makes its
     slice of the sweep and of the composition batches; the result equals one process's."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -203,11 +210,14 @@ def test_two_processes_analyze_the_same_as_one(planted_source, tmp_path):
     args = ["analyze", "--clip", "toy", "--vocab", "art", "--seeds", "2", "--steps", "3", "--scales=-8,8",
             "--calibration-target", "0.001", "--device", "cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port for the process group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "one"), *args[1:]],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29563", "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "two"), *args[1:]],
+                          port, "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "two"), *args[1:]],
                          capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "analysis" / "analysis.json").read_text())
@@ -215,3 +225,25 @@ def test_two_processes_analyze_the_same_as_one(planted_source, tmp_path):
     assert len(a["composition"]["tokens"]) >= 2  # the composition ran (and was sharded too)
     assert b["directions"] == a["directions"] and b["composition"] == a["composition"]
     assert two.stdout.count("wrote ") == 1  # one report, printed by the main process
+    from safetensors import safe_open
+
+    def makers(folder):
+        out = set()
+        for p in folder.rglob("*.safetensors"):
+            if p.parent.name.startswith(("features-", "clip-text")) or p.name.startswith("clip-text"):
+                continue
+            with safe_open(str(p), "pt") as fh:
+                out.add((fh.metadata() or {}).get("made_by"))
+        return out
+
+    sweeps = tmp_path / "two" / "analysis" / "sweeps"
+    assert makers(sweeps) == {"0/2", "1/2"}  # both processes made batches (sweep and composition)
+    assert makers(tmp_path / "one" / "analysis" / "sweeps") == {"0/1"}
+    # a failure on one process (its cached batch is damaged) is one error on every process, not a hang
+    damaged = next(sweeps.glob("*/d0000.safetensors"))  # batch 1: process 1's
+    damaged.write_bytes(b"garbage")
+    bad = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          port, "-m", "noiseclr_lab.cli", args[0], str(tmp_path / "two"), *args[1:]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0
+    assert "noiseclr-lab: error: The sharded analysis failed on process 1: The cached sweep file" in bad.stderr

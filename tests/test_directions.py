@@ -37,6 +37,11 @@ def test_suggested_labels_round_trip_and_older_files_load(tmp_path):
     bank.suggestions = ["expression=smiling (+)", "", "hair=red (-)"]
     back = DirectionBank.load(bank.save(tmp_path / "b.safetensors"))
     assert back.suggestions == bank.suggestions and back.labels == ["smile", "", ""]
+    assert back.metadata()["format_version"] == 1  # no calibrated scales: older releases still read it
+    bank.calibrated_scales = [2.0, None, -1.5]
+    back = DirectionBank.load(bank.save(tmp_path / "c.safetensors"))
+    assert back.calibrated_scales == [2.0, None, -1.5] and back.metadata()["format_version"] == 2
+    bank.calibrated_scales = []
     meta = bank.metadata()
     del meta["suggested_labels"], meta["calibrated_scales"]  # a version 1 bank, before either existed
     meta["format_version"] = 1

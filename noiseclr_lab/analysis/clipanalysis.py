@@ -128,7 +128,9 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
     t_change = np.concatenate([(t - t.mean(0, keepdim=True)).numpy() for t in reader.text_features.values()])  # (A, E)
     f_change = (f_ed[lab["scale_index"], np.arange(K)] - f_base[None]).mean(1)  # (K, E)
     dsim = directional_similarity(f_change, t_change)  # (K, A)
-    cal, cal_ok = calibrated_scales(geff.max(-1), settings.scales, lab["sign"], calibration_target)
+    # calibrate on the label's own attribute: its signed gain, shrunk by the noise (what a calibrated edit raises)
+    own = mean[:, np.arange(K), lab["attribute"]] - noise_z * se[:, np.arange(K), lab["attribute"]]  # (n, K)
+    cal, cal_ok = calibrated_scales(np.clip(own, 0, None), settings.scales, lab["sign"], calibration_target)
 
     directions = []
     for k, tok in enumerate(bank.tokens):

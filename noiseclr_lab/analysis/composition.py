@@ -31,6 +31,10 @@ from noiseclr_lab.fileio import save_safetensors_atomic
 MAP_SIDE = 32  # locality maps stored in analysis.json are average-pooled to at most this side
 
 
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def _small(m: np.ndarray) -> list:
     t = torch.from_numpy(m)[None, None].float()
     if max(t.shape[-2:]) > MAP_SIDE:
@@ -59,8 +63,8 @@ def composition_cache_dir(sweep_cache: Path, bank: DirectionBank, members: list[
 class _Runner:
     """Makes (or reads from a cache folder) the S-seed batches of one composition analysis."""
 
-    def __init__(self, pipe, bank: DirectionBank, settings: SweepSettings, cache: Path | None):
-        self.ep, self.s, self.cache = EditPipeline(pipe, bank), settings, cache
+    def __init__(self, pipe, bank: DirectionBank, settings: SweepSettings, cache: Path | None, maker: str = "0/1"):
+        self.ep, self.s, self.cache, self.maker = EditPipeline(pipe, bank), settings, cache, maker
         self._warm: list = []
 
     def gens(self):
@@ -95,14 +99,14 @@ class _Runner:
                 raise NoiseCLRLabError(f"The cached composition file {path} is damaged ({e}); delete it.") from e
         x, z = self.make(edits)
         img = to_uint8(x)
-        save_safetensors_atomic({"images": img, "latents": z}, path)
+        save_safetensors_atomic({"images": img, "latents": z}, path, metadata={"made_by": self.maker})
         return img.float() / 255, z
 
 
 def fill_composition_cache(pipe, bank: DirectionBank, settings: SweepSettings, members: list[int],
                            scales: list[float], cache: Path, rank: int, world: int, progress: bool = True) -> None:
     """This process's share of a composition analysis: batch b is made by the process with rank b % world."""
-    runner = _Runner(pipe, bank, settings, cache)
+    runner = _Runner(pipe, bank, settings, cache, maker=f"{rank}/{world}")
     runs = composition_runs(bank, members, scales)
     mine = [r for b, r in enumerate(runs) if b % world == rank]
     for name, edits in tqdm(mine, desc="composition", disable=not progress, leave=False):
@@ -180,9 +184,9 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
         "additivity_points": points,
         "overlap_pixels": mat(np.where(np.eye(K, dtype=bool), np.nan, ov_px)),
         "overlap_latents": mat(np.where(np.eye(K, dtype=bool), np.nan, ov_z)),
-        "overlap_predicts_interference": {
-            "spearman_pixels": rank_correlation(ov_px[iu], sym[iu]),
-            "spearman_latents": rank_correlation(ov_z[iu], sym[iu]),
+        "overlap_predicts_interference": {  # null with fewer than 3 pairs
+            "spearman_pixels": _finite(rank_correlation(ov_px[iu], sym[iu])),
+            "spearman_latents": _finite(rank_correlation(ov_z[iu], sym[iu])),
         },
         "locality_pixels": [_small(m) for m in maps_px],
         "locality_latents": [_small(m) for m in maps_z],

@@ -90,14 +90,15 @@ def sweep_cache_dir(run: RunDir, bank: DirectionBank, pipe, settings: SweepSetti
 
 @torch.no_grad()
 def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None,
-               select=None) -> Iterator[tuple[int | None, torch.Tensor]]:
+               select=None, maker: str = "") -> Iterator[tuple[int | None, torch.Tensor]]:
     """Yield ``(None, base)`` then ``(k, edited)`` for each direction k of ``edit_pipe.bank``.
 
     base (S, 3, H, W) and edited (n_scales * S, 3, H, W) are float images in [0, 1] on the pipeline's device.
     With ``cache`` (a folder, e.g. ``sweep_cache_dir(...)``) each batch is stored there as 8-bit images the
     first time and read back afterwards, so an interrupted sweep resumes and other readers reuse it; the
     images are then the 8-bit ones on the first pass too, so cached and fresh passes agree exactly.
-    ``select(b)`` (b = 0 for the base batch, k + 1 for direction k) limits the batches made and yielded.
+    ``select(b)`` (b = 0 for the base batch, k + 1 for direction k) limits the batches made and yielded;
+    ``maker`` ("rank/world") is recorded in each cached file's metadata (``made_by``).
     """
     bank = edit_pipe.bank
     if bank is None or len(bank) == 0:
@@ -133,7 +134,7 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
             except (SafetensorError, OSError, KeyError) as e:
                 raise NoiseCLRLabError(f"The cached sweep file {path} is damaged ({e}); delete it to recompute.") from e
         img = to_uint8(make())
-        save_safetensors_atomic({"images": img}, path)
+        save_safetensors_atomic({"images": img}, path, metadata={"made_by": maker or "0/1"})
         return img.to(edit_pipe.device).float() / 255
 
     if cache is not None:
@@ -155,7 +156,8 @@ def fill_sweep_cache(edit_pipe: EditPipeline, settings: SweepSettings, cache: Pa
     process with rank b % world, unless it is on disk already. After every process has filled its share
     (a barrier), any process reads the whole sweep from ``cache``: the batches are the ones one process
     would have made (each is the same seeds through the same pipeline)."""
-    for _ in iter_sweep(edit_pipe, settings, progress, cache, select=lambda b: b % world == rank):
+    for _ in iter_sweep(edit_pipe, settings, progress, cache, select=lambda b: b % world == rank,
+                        maker=f"{rank}/{world}"):
         pass
 
 

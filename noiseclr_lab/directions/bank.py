@@ -16,7 +16,8 @@ from noiseclr_lab._version import __version__
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_safetensors_atomic
 
-FORMAT_VERSION = 2  # 2 added calibrated_scales; version 1 files (no such field) still load
+FORMAT_VERSION = 2  # 2 added calibrated_scales (written only by banks that have some: others stay version 1,
+# which older releases read); version 1 files still load
 READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "noiseclr_lab"
 TENSOR_KEY = "embeddings"
@@ -82,7 +83,10 @@ class DirectionBank:
         cal = list(self.calibrated_scales) if self.calibrated_scales else [None] * len(self.tokens)
         if len(cal) != len(self.tokens):
             raise NoiseCLRLabError(f"{len(cal)} calibrated scales for {len(self.tokens)} tokens; they must match.")
-        self.calibrated_scales = [None if v is None else float(v) for v in cal]
+        try:
+            self.calibrated_scales = [None if v is None else float(v) for v in cal]
+        except (TypeError, ValueError):
+            raise NoiseCLRLabError(f"Calibrated scales must be numbers or None, got {cal}.") from None
         if len(self.suggestions) != len(self.tokens):
             raise NoiseCLRLabError(f"{len(self.suggestions)} suggested labels for {len(self.tokens)} tokens; they must match.")
         if not self.created_with:
@@ -128,7 +132,7 @@ class DirectionBank:
     def metadata(self) -> dict:
         """The JSON metadata stored beside the tensor."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if any(v is not None for v in self.calibrated_scales) else 1,
             "tokens": self.tokens,
             "labels": self.labels,
             "base_model": self.base_model,

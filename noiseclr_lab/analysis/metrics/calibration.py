@@ -1,7 +1,8 @@
 """Calibrated scales: per direction, the scale at which its effect reaches a common target.
 
 The same scale is gentle for one direction and violent for another. From a direction's effect-vs-scale
-curve on the side of its label's sign (the curve is 0 at scale 0), the calibrated scale is the smallest |s|
+curve (the analysis uses the shrunk gain of the direction's label attribute) on the side of its label's
+sign (the curve is 0 at scale 0), the calibrated scale is the smallest |s|
 at which the curve reaches ``target``, linearly interpolated between the measured scales; a direction whose
 curve never reaches it gets its strongest measured scale on that side and ``reached`` False.
 """
@@ -15,6 +16,8 @@ DEFAULT_TARGET = 0.25  # largest change of an attribute's probability a calibrat
 
 def calibrated_scales(curve, scales, signs, target: float = DEFAULT_TARGET) -> tuple[np.ndarray, np.ndarray]:
     """curve (n, K) effect at each scale, scales (n,), signs (K,) +-1 -> (calibrated scale (K,), reached (K,))."""
+    if not 0 < target:
+        raise ValueError(f"calibration target must be positive, got {target}")
     c = np.asarray(curve, dtype=np.float64)
     s = np.asarray(scales, dtype=np.float64)
     K = c.shape[1]
