@@ -106,6 +106,75 @@ def calibration_check(run: Path, gt: dict, fixed: tuple[float, ...] = (3.0, 6.0)
             "scales": {bank.tokens[k]: bank.calibrated_scales[k] for k, _ in active}}
 
 
+FACE_FACTORS = ("skin", "hair", "expression", "glasses", "eyes")  # the face's own factors in toy scenes
+SHAPE_FACTORS = ("shape", "colour", "size", "position")  # the shape's; "background" belongs to the scene
+
+
+def cross_domain_check(run: Path, gt: dict, analysis: dict, device: str = "cpu", limit: float = 0.05) -> dict:
+    """On a toy scenes bank: the composed directions of ``analysis`` (calibrated scales) applied alone and in
+    pairs, read by the scenes probe. For a direction whose main factor (ground truth) is a face factor, the
+    largest change it makes to a shape factor (and the reverse): alone, composed with a same-domain
+    direction (the pair against the unedited image), and composed with an other-domain one (the pair against
+    that other direction alone). Also the rank correlation of the CLIP interference matrix with the probe's."""
+    from noiseclr_lab.analysis.composition import composition_analysis
+    from noiseclr_lab.analysis.metrics.composition import rank_correlation
+    from noiseclr_lab.analysis.readers import ProbeReader
+    from noiseclr_lab.analysis.sweep import SweepSettings
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.models import load_pipeline
+    from noiseclr_lab.toyworld import load_probe
+
+    comp = analysis.get("composition", {})
+    if "tokens" not in comp:
+        raise SystemExit(f"the analysis has no composition ({comp.get('skipped', 'not run')})")
+    bank = DirectionBank.load(run / "directions.safetensors")
+    members = [bank.tokens.index(t) for t in comp["tokens"]]
+    pipe = load_pipeline(bank.base_model, device=device)
+    reader = ProbeReader(load_probe(gt["domain"], device=pipe.device))
+    st = analysis["settings"]
+    settings = SweepSettings(scales=tuple(st["scales"]), seeds=st["seeds"], prompt=st["prompt"],
+                             num_inference_steps=st["num_inference_steps"], guidance_scale=st["guidance_scale"],
+                             edit_start=st["edit_start"])
+    res = composition_analysis(pipe, bank, reader, settings, members, comp["scales"], progress=False, return_arrays=True)
+    arr = res["arrays"]
+    cols = {f: [] for f in reader.values}
+    i0 = 0
+    for f, vals in reader.values.items():
+        cols[f] = list(range(i0, i0 + len(vals)))
+        i0 += len(vals)
+
+    def change(a, b, factors) -> float:  # largest |mean change| of a value of one of ``factors``
+        d = (np.asarray(a) - np.asarray(b)).mean(0)
+        return float(max(np.abs(d[cols[f]]).max() for f in factors))
+
+    main = [gt["banks"]["trained"]["directions"][m]["main_factor"] for m in members]
+    side = ["face" if f in FACE_FACTORS else "shape" if f in SHAPE_FACTORS else "scene" for f in main]
+    other = {"face": SHAPE_FACTORS, "shape": FACE_FACTORS}
+    rows = []
+    K = len(members)
+    for i in range(K):
+        if side[i] == "scene":
+            continue
+        rows.append({"kind": "alone", "i": comp["tokens"][i], "change": change(arr["p_alone"][i], arr["p_base"], other[side[i]])})
+        for j in range(K):
+            if j == i or side[j] == "scene":
+                continue
+            pair = arr["p_pair"][i, j]
+            if side[j] == side[i]:
+                rows.append({"kind": "pair, same domain", "i": comp["tokens"][i], "j": comp["tokens"][j],
+                             "change": change(pair, arr["p_base"], other[side[i]])})
+            else:  # what i adds to the other domain's factors on top of j
+                rows.append({"kind": "pair, other domain", "i": comp["tokens"][i], "j": comp["tokens"][j],
+                             "change": change(pair, arr["p_alone"][j], other[side[i]])})
+    clip_i = np.array([[np.nan if v is None else v for v in r] for r in comp["interference"]], dtype=float)
+    probe_i = np.array([[np.nan if v is None else v for v in r] for r in res["interference"]], dtype=float)
+    off = ~np.eye(K, dtype=bool)
+    return {"directions": dict(zip(comp["tokens"], zip(main, side))), "checks": rows,
+            "within_limit": sum(r["change"] <= limit for r in rows), "checked": len(rows),
+            "max_change": max((r["change"] for r in rows), default=float("nan")),
+            "interference_spearman_clip_vs_probe": rank_correlation(clip_i[off], probe_i[off])}
+
+
 def official_loop(run: Path, analysis: dict, n_dirs: int, device: str) -> tuple[float, int]:
     """Seconds and images for the one-edit-at-a-time loop on the first ``n_dirs`` directions."""
     import torch
@@ -141,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="only validate the run's analysis.json against gt_metrics.json")
     p.add_argument("--official-directions", type=int, default=1, help="directions the official loop is timed on")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--cross-domain", action="store_true",
+                   help="toy scenes run: face directions must leave shape factors alone and the reverse (probe)")
     p.add_argument("--calibration", action="store_true",
                    help="also check calibrated scales against the probe (needs `analyze` to have stored them)")
     args = p.parse_args(argv)
@@ -190,6 +261,12 @@ def main(argv=None) -> int:
         print(f"calibration: CV of the probe's main-factor effect over active directions {cal['cv']['calibrated']:.3f} "
               f"at calibrated scales vs " + ", ".join(f"{v:.3f} at |scale| {k[6:]}" for k, v in fixed.items())
               + " (target: at most half of a fixed scale's)")
+    if args.cross_domain:
+        cd = cross_domain_check(args.run, gt, analysis, device=args.device)
+        result["cross_domain"] = cd
+        print(f"cross-domain: {cd['within_limit']}/{cd['checked']} checks change the other domain's factors by <= 0.05 "
+              f"(largest {cd['max_change']:.3f}); CLIP vs probe interference Spearman "
+              f"{cd['interference_spearman_clip_vs_probe']:.3f}; directions {cd['directions']}")
     v = validate(gt, analysis)
     result |= v
     print(f"ground truth: Spearman {v['spearman']:.3f} (target >= 0.8), auto-labels name the probe's main factor "

@@ -178,6 +178,15 @@ def test_composition_of_a_planted_and_a_null_direction(run, tiny_clip_name):
     null_map = torch.tensor(comp["locality_pixels"][1])
     assert null_map.abs().max() < 1e-5 and torch.tensor(comp["locality_pixels"][0]).max() > 1e-4
     assert len(comp["additivity_points"]) == 2
+    # any reader works (the toy probe checks composition against ground truth); additivity needs CLIP features
+    from test_workflows import RegionColourReader
+
+    plain = composition_analysis(pipe, bank, RegionColourReader(), s, members=[0, 1], scales=[10.0, 10.0],
+                                 progress=False, return_arrays=True)
+    assert plain["additivity"] == [[None, None], [None, None]]
+    assert plain["interference"][0][1] == pytest.approx(0.0, abs=1e-3)
+    arr = plain["arrays"]
+    assert arr["p_base"].shape == (3, 12) and arr["p_alone"].shape == (2, 3, 12) and arr["p_pair"].shape == (2, 2, 3, 12)
     res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", calibration_target=0.001, **SMALL)
     reached = [d["calibration_reached"] for d in res.directions]
     assert reached[1] is False  # the null direction never reaches any target

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from noiseclr_lab.analysis.clip import ClipReader
 from noiseclr_lab.analysis.metrics.composition import additivity, change_map, interference, overlap, rank_correlation
+from noiseclr_lab.analysis.readers import Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, to_uint8
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline
@@ -114,14 +115,19 @@ def fill_composition_cache(pipe, bank: DirectionBank, settings: SweepSettings, m
 
 
 @torch.no_grad()
-def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings: SweepSettings,
-                         members: list[int], scales: list[float], own_attr: list[int], progress: bool = True,
-                         cache: Path | None = None) -> dict:
+def composition_analysis(pipe, bank: DirectionBank, reader: Reader, settings: SweepSettings,
+                         members: list[int], scales: list[float], own_attr: list[int] | None = None,
+                         progress: bool = True, cache: Path | None = None, return_arrays: bool = False) -> dict:
     """Interference, additivity and locality of the directions ``members`` of ``bank``.
 
     Args:
         scales: the scale each member is applied at (its calibrated scale).
-        own_attr: index (into the reader's vocabulary attributes) of each member's own attribute (its label).
+        reader: a ``ClipReader`` (additivity then compares CLIP features) or any ``Reader`` (the toy probe, to
+            check composition against ground truth; additivity is then left out).
+        own_attr: index (into the reader's attributes, groups flattened in order) of each member's own
+            attribute (its label); None: the attribute each member changes most when applied alone.
+        return_arrays: also return the raw readings under "arrays" (numpy, not JSON): p_base (S, A),
+            p_alone (K, S, A), p_pair (K, K, S, A).
         cache: a folder (``composition_cache_dir``) holding the batches (8-bit images and latents): batches
             already there (made by other processes, ``fill_composition_cache``) are read, missing ones made.
     Returns:
@@ -142,9 +148,11 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
     alone = [out[f"a{i:03d}"] for i in range(K)]
     pair_out = {(i, j): out[f"p{i:03d}_{j:03d}"] for i, j in pairs}
 
-    clip = reader.clip
+    clip = reader.clip if isinstance(reader, ClipReader) else None
 
     def probs_and_feats(x: torch.Tensor):
+        if clip is None:
+            return np.concatenate([np.asarray(v) for v in reader.read(x).values()], 1), np.zeros((len(x), 1))
         f = clip.encode_images(x)
         return np.concatenate(list(reader.probabilities(f).values()), 1), f.numpy()
 
@@ -157,8 +165,10 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
         pp[i, j] = pp[j, i] = p
         fp[i, j] = fp[j, i] = f
     pa, fa = np.stack(pa), np.stack(fa)
+    if own_attr is None:
+        own_attr = [int(np.abs((pa[i] - p0).mean(0)).argmax()) for i in range(K)]
     inter = interference(p0, pa, pp, own_attr)
-    add = additivity(f0, fa, fp)
+    add = additivity(f0, fa, fp) if clip is not None else np.full((K, K), np.nan)
     maps_px = np.stack([change_map(x.numpy(), x0.numpy()) for x, _ in alone])
     maps_z = np.stack([change_map(z.numpy(), z0.numpy()) for _, z in alone])
     ov_px, ov_z = overlap(maps_px), overlap(maps_z)
@@ -176,7 +186,7 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
     def mat(m):
         return [[None if not np.isfinite(v) else round(float(v), 5) for v in row] for row in m]
 
-    return {
+    out = {
         "tokens": tokens,
         "scales": [float(v) for v in scales],
         "interference": mat(inter),
@@ -191,3 +201,6 @@ def composition_analysis(pipe, bank: DirectionBank, reader: ClipReader, settings
         "locality_pixels": [_small(m) for m in maps_px],
         "locality_latents": [_small(m) for m in maps_z],
     }
+    if return_arrays:
+        out["arrays"] = {"p_base": p0, "p_alone": pa, "p_pair": pp, "own_attr": list(own_attr)}
+    return out
