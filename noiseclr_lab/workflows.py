@@ -145,8 +145,14 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     return GTResult(run=run, data=data, metrics_path=metrics_path, heatmap_path=heatmap_path)
 
 
-def _toy_domain(model: str) -> str | None:
-    return model[4:] if model.startswith("toy:") else None
+def _toy_domain(spec: str) -> str | None:
+    return spec[4:] if spec.startswith("toy:") else None
+
+
+def bank_domain(bank: DirectionBank) -> str | None:
+    """The toy domain a bank's directions were learned on: its training data's when that was a toy domain
+    (``toy:scenes``; one toy model serves every domain), else its model spec's; None off the toy world."""
+    return _toy_domain(str(bank.training_config.get("data", ""))) or _toy_domain(bank.base_model)
 
 
 @dataclass
@@ -189,7 +195,8 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         run: a run folder (holds directions.safetensors; its base model is what the sweep runs on).
         clip: ``toy`` (default), ``NAME:TAG`` (open_clip, local cache), ``NAME:/path/weights`` or ``NAME:random``.
         vocab: ``toy:<domain>``, ``faces``, ``cars``, ``cats``, ``art`` or a .txt/.toml file (default: the
-            toy domain's factors on a toy model, else ``faces``).
+            toy domain's factors on a toy model, else ``faces``; the domain is that of the training data when it
+            was rendered, ``toy:scenes``, else the model spec's).
         prompt: the prompt of every image (default: the toy domain's head on a toy model, else "").
         scales, seeds, num_inference_steps, guidance_scale, edit_start: the sweep; with the defaults it is
             the demo's evaluate-gt sweep, whose cached images are then read instead of generated.
@@ -209,7 +216,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     model = bank.base_model
     if not model:
         raise NoiseCLRLabError(f"{bank_path} does not say which model it was trained on (no base_model).")
-    domain = _toy_domain(model)
+    domain = bank_domain(bank)
     vocabulary = load_vocabulary(vocab if vocab is not None else (f"toy:{domain}" if domain else "faces"))
     if prompt is None:
         prompt = get_domain(domain).prefix if domain else ""

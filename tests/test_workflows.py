@@ -69,3 +69,17 @@ def test_evaluate_gt_cli_caches_sweeps_unless_told_not_to(planted_run, capsys):
     assert main(args) == 0
     assert len(list((planted_run / "analysis" / "sweeps").iterdir())) == 1
     assert "wrote" in capsys.readouterr().out
+
+
+def test_the_domain_of_a_bank_is_its_training_datas():
+    import torch
+
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.workflows import bank_domain
+
+    def bank(**kw):
+        return DirectionBank(torch.zeros(1, 4), ["<d1>"], **kw)
+
+    assert bank_domain(bank(base_model="toy:faces", training_config={"data": "toy:scenes"})) == "scenes"
+    assert bank_domain(bank(base_model="toy:faces", training_config={"data": "/data/faces"})) == "faces"
+    assert bank_domain(bank(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")) is None
