@@ -392,5 +392,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
                      baselines=DEMO_BASELINES, device=device)
     say("[3/4] CLIP analysis: re-scoring, auto-labels, consistency (the toy CLIP reads the same sweep)")
-    analysis = analyze(run, seeds=seeds, scales=scales, num_inference_steps=eval_steps, device=device)
+    # composition (pairs of directions) is left to `noiseclr-lab analyze`: it would add a minute or more
+    analysis = analyze(run, seeds=seeds, scales=scales, num_inference_steps=eval_steps, device=device,
+                       composition=False)
     return DemoResult(run=run, data=data, gt=gt, analysis=analysis, minutes=(time.time() - t0) / 60)
