@@ -38,7 +38,7 @@ from noiseclr_lab.analysis.readers import ProbeReader, Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
-from noiseclr_lab.editing import EditPipeline, default_edit_start
+from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
@@ -123,12 +123,10 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     if reader is None:
         reader = ProbeReader(load_probe(domain, device=pipe.device))
     prompt = (dom.prefix if dom is not None else "") if prompt is None else prompt
-    edit_start = default_edit_start(num_inference_steps) if edit_start is None else edit_start
-    kw = dict(scales=[float(s) for s in scales], seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
-              num_inference_steps=num_inference_steps, noise_z=noise_z, edit_start=edit_start)
-    others = {name: make_baseline(name, bank, run, pipe, domain) for name in baselines}  # fail before any sweep
-    settings = SweepSettings(scales=tuple(kw["scales"]), seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
+    settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
                              num_inference_steps=num_inference_steps, edit_start=edit_start)
+    kw = settings.as_dict() | {"noise_z": noise_z}  # score_bank's sweep arguments, edit_start resolved
+    others = {name: make_baseline(name, bank, run, pipe, domain) for name in baselines}  # fail before any sweep
 
     def cache(b: DirectionBank):
         return sweep_cache_dir(run, b, pipe, settings) if cache_sweeps else None

@@ -92,23 +92,23 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
     feat_dir = cache / f"features-{clip.fingerprint()}" if cache is not None else None
     lp = lpips_status()
     lp_model = _lpips_model(ep.device) if lp["status"] == "ok" else None
-    f_base = x_base = None
+    f_base = x_base_np = x_base_lp = None
     f_ed: np.ndarray | None = None
     pix = np.zeros((n, K))
     lp_dist = np.full((n, K), np.nan)
     for k, images in iter_sweep(ep, settings, progress, cache):
         f = _features(clip, images, feat_dir, "base" if k is None else f"d{k:04d}")
-        if k is None:
-            f_base, x_base = f.numpy(), images
+        if k is None:  # the unedited batch comes first: what every edited batch is compared with
+            f_base, x_base = f.numpy(), images.float()
+            x_base_np, x_base_lp = x_base.cpu().numpy(), x_base * 2 - 1
             f_ed = np.zeros((n, K, S, f.shape[1]))
             continue
         f_ed[:, k] = f.numpy().reshape(n, S, -1)
-        edited = images.reshape(n, S, *images.shape[1:])
-        pix[:, k] = pixel_rmse(edited.float().cpu().numpy(), x_base.float().cpu().numpy())
+        edited = images.float().reshape(n, S, *images.shape[1:])
+        pix[:, k] = pixel_rmse(edited.cpu().numpy(), x_base_np)
         if lp_model is not None:
             for i in range(n):
-                a, b = edited[i].float() * 2 - 1, x_base.to(edited.device).float() * 2 - 1
-                lp_dist[i, k] = float(lp_model(a, b).mean())
+                lp_dist[i, k] = float(lp_model(edited[i] * 2 - 1, x_base_lp).mean())
 
     attrs = vocab.attributes
     groups_of = [gi for gi, vals in enumerate(vocab.groups.values()) for _ in vals]

@@ -16,18 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from noiseclr_lab.analysis.clip import ClipReader
 from noiseclr_lab.analysis.metrics.composition import additivity, change_map, interference, overlap, rank_correlation
 from noiseclr_lab.analysis.readers import Reader
-from noiseclr_lab.analysis.sweep import SweepSettings, to_uint8
+from noiseclr_lab.analysis.sweep import SweepSettings, WarmStart, cached_batch
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import save_safetensors_atomic
 
 MAP_SIDE = 32  # locality maps stored in analysis.json are average-pooled to at most this side
 
@@ -62,46 +59,23 @@ def composition_cache_dir(sweep_cache: Path, bank: DirectionBank, members: list[
 
 
 class _Runner:
-    """Makes (or reads from a cache folder) the S-seed batches of one composition analysis."""
+    """Makes (or reads from a cache folder: ``sweep.cached_batch``) the S-seed batches of one composition
+    analysis, all continuing from the shared warm-up (``sweep.WarmStart``)."""
 
     def __init__(self, pipe, bank: DirectionBank, settings: SweepSettings, cache: Path | None, maker: str = "0/1"):
         self.ep, self.s, self.cache, self.maker = EditPipeline(pipe, bank), settings, cache, maker
-        self._warm: list = []
+        self.start = WarmStart(self.ep, settings)
 
-    def gens(self):
-        return [torch.Generator().manual_seed(i) for i in range(self.s.seeds)]
-
-    def start(self) -> dict:
-        s = self.s
-        if s.edit_start == 0:
-            return {"generator": self.gens()}
-        if not self._warm:  # the shared unedited warm-up, once per process
-            self._warm.append(self.ep([s.prompt] * s.seeds, generator=self.gens(), stop_step=s.edit_start,
-                                      output_type="latent", num_inference_steps=s.num_inference_steps,
-                                      guidance_scale=s.guidance_scale).images)
-        return {"latents": self._warm[0].clone(), "start_step": s.edit_start}
-
-    def make(self, edits: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.s
-        z = self.ep([s.prompt] * s.seeds, edits=edits, edit_start=s.edit_start, output_type="latent",
-                    num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale, **self.start()).images
-        return self.ep.decode(z, "pt").float().cpu(), z.float().cpu()
+    def make(self, edits: dict | None) -> dict[str, torch.Tensor]:
+        z = self.ep([self.s.prompt] * self.s.seeds, edits=edits, edit_start=self.s.edit_start, output_type="latent",
+                    **self.start(), **self.start.common).images
+        return {"images": self.ep.decode(z, "pt").float().cpu(), "latents": z.float().cpu()}
 
     def get(self, name: str, edits: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (S, 3, H, W) in [0, 1], latents (S, C, h, w)); cached images are 8-bit, fresh or read."""
-        if self.cache is None:
-            return self.make(edits)
-        path = self.cache / f"{name}.safetensors"
-        if path.is_file():
-            try:
-                t = load_file(str(path))
-                return t["images"].float() / 255, t["latents"]
-            except (SafetensorError, OSError, KeyError) as e:
-                raise NoiseCLRLabError(f"The cached composition file {path} is damaged ({e}); delete it.") from e
-        x, z = self.make(edits)
-        img = to_uint8(x)
-        save_safetensors_atomic({"images": img, "latents": z}, path, metadata={"made_by": self.maker})
-        return img.float() / 255, z
+        path = self.cache / f"{name}.safetensors" if self.cache is not None else None
+        out = cached_batch(path, lambda: self.make(edits), self.maker)
+        return out["images"], out["latents"]
 
 
 def fill_composition_cache(pipe, bank: DirectionBank, settings: SweepSettings, members: list[int],

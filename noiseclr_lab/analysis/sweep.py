@@ -88,6 +88,48 @@ def sweep_cache_dir(run: RunDir, bank: DirectionBank, pipe, settings: SweepSetti
     return run.sweep_dir(key)
 
 
+class WarmStart:
+    """Where the S-seed batches of one sweep's settings begin: seeds 0..S-1, and, when edits start after a
+    warm-up, the latents of the unedited warm-up steps, computed once (on first need) and shared by every
+    batch (the sweep's directions, a composition's singles and pairs)."""
+
+    def __init__(self, edit_pipe: EditPipeline, settings: SweepSettings):
+        self.edit_pipe, self.settings = edit_pipe, settings
+        self.common = dict(num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale)
+        self._warm: list[torch.Tensor] = []
+
+    def generators(self) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(i) for i in range(self.settings.seeds)]
+
+    def __call__(self, reps: int = 1) -> dict:
+        """Keyword arguments of ``EditPipeline`` for a batch of ``reps`` x S images (seed-minor)."""
+        s = self.settings
+        if s.edit_start == 0:
+            return {"generator": [g for _ in range(reps) for g in self.generators()]}
+        if not self._warm:
+            self._warm.append(self.edit_pipe([s.prompt] * s.seeds, generator=self.generators(), stop_step=s.edit_start,
+                                             output_type="latent", **self.common).images)
+        return {"latents": self._warm[0].repeat(reps, 1, 1, 1), "start_step": s.edit_start}
+
+
+def cached_batch(path: Path | None, make, maker: str = "0/1") -> dict[str, torch.Tensor]:
+    """``make()`` -> {"images": (N, 3, H, W) float in [0, 1], other tensors}; with a ``path`` the batch is read
+    from there when present, else made and stored with its images as 8-bit (``made_by``: ``maker``), and its
+    images are the 8-bit ones either way (as float), so cached and fresh passes agree exactly."""
+    if path is None:
+        return make()
+    if path.is_file():
+        try:
+            out = load_file(str(path))
+            return out | {"images": out["images"].float() / 255}
+        except (SafetensorError, OSError, KeyError) as e:
+            raise NoiseCLRLabError(f"The cached sweep file {path} is damaged ({e}); delete it to recompute.") from e
+    out = make()
+    stored = {k: v.float().cpu() for k, v in out.items()} | {"images": to_uint8(out["images"]).cpu()}
+    save_safetensors_atomic(stored, path, metadata={"made_by": maker})
+    return stored | {"images": stored["images"].float() / 255}
+
+
 @torch.no_grad()
 def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None,
                select=None, maker: str = "") -> Iterator[tuple[int | None, torch.Tensor]]:
@@ -105,37 +147,12 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
         raise NoiseCLRLabError("A sweep needs an EditPipeline with a non-empty direction bank.")
     s = settings
     n, S = len(s.scales), s.seeds
-
-    def gens():
-        return [torch.Generator().manual_seed(i) for i in range(S)]
-
-    common = dict(num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
-    warm_cache: list[torch.Tensor | None] = []
-
-    def warm() -> torch.Tensor | None:  # the shared unedited warm-up, computed on first need
-        if not warm_cache:
-            warm_cache.append(None if s.edit_start == 0 else edit_pipe(
-                [s.prompt] * S, generator=gens(), stop_step=s.edit_start, output_type="latent", **common).images)
-        return warm_cache[0]
-
-    def start(reps: int) -> dict:  # where a batch of reps x S images begins
-        w = warm()
-        if w is None:
-            return {"generator": [g for _ in range(reps) for g in gens()]}
-        return {"latents": w.repeat(reps, 1, 1, 1), "start_step": s.edit_start}
+    start = WarmStart(edit_pipe, s)
+    common = start.common
 
     def cached(name: str, make) -> torch.Tensor:
-        if cache is None:
-            return make()
-        path = Path(cache) / f"{name}.safetensors"
-        if path.is_file():
-            try:
-                return load_file(str(path))["images"].to(edit_pipe.device).float() / 255
-            except (SafetensorError, OSError, KeyError) as e:
-                raise NoiseCLRLabError(f"The cached sweep file {path} is damaged ({e}); delete it to recompute.") from e
-        img = to_uint8(make())
-        save_safetensors_atomic({"images": img}, path, metadata={"made_by": maker or "0/1"})
-        return img.to(edit_pipe.device).float() / 255
+        path = Path(cache) / f"{name}.safetensors" if cache is not None else None
+        return cached_batch(path, lambda: {"images": make()}, maker or "0/1")["images"].to(edit_pipe.device)
 
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,6 @@ class Trainer:
 
         self.cfg = cfg
         self.rundir = RunDir(cfg.out)
-        self.run_dir = self.rundir.path
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
                                log_with=log_with, project_dir=str(self.run_dir))
@@ -161,6 +160,11 @@ class Trainer:
                                                 return_tensors="pt").input_ids.to(acc.device)  # (K, L)
 
     # ------------------------------------------------------------------ setup helpers
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder's path (``self.rundir`` owns its layout)."""
+        return self.rundir.path
 
     @property
     def base_lr(self) -> float:
