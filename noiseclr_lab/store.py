@@ -9,6 +9,7 @@
       validation/step-N.png             directions x scales grids written during training
       analysis/                         evaluation artefacts (gt_metrics.json, gt_effects.png, ...)
       analysis/sweeps/<key>/            cached sweep images, one folder per content-addressed key
+      report/                           report.html, report.json, report.md, images/ (noiseclr-lab report)
 
 Base layer: imports only ``errors`` and ``fileio``. Every write is atomic (docs/design.md, "Run folder").
 """
@@ -39,6 +40,9 @@ class RunDir:
     VALIDATION = "validation"
     ANALYSIS = "analysis"
     SWEEPS = "sweeps"  # under analysis/
+    REPORT = "report"
+    ANALYSIS_JSON = "analysis.json"  # under analysis/: the CLIP analysis (noiseclr-lab analyze)
+    GT_JSON = "gt_metrics.json"  # under analysis/: the ground-truth scores (noiseclr-lab evaluate-gt)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -78,6 +82,11 @@ class RunDir:
     @property
     def analysis_dir(self) -> Path:
         return self.path / self.ANALYSIS
+
+    @property
+    def report_dir(self) -> Path:
+        """report/: report.html, report.json, report.md and images/ (``noiseclr-lab report``)."""
+        return self.path / self.REPORT
 
     def validation_image(self, step: int) -> Path:
         """validation/step-N.png (its folder is created)."""

@@ -27,6 +27,7 @@ from noiseclr_lab.analysis.figures import (
 from noiseclr_lab.analysis.groundtruth import (
     CALIBRATION_THRESHOLD,
     DEFAULT_SCALES,
+    GT_SCHEMA,
     NOISE_Z,
     check_baselines,
     effect_heatmap,
@@ -42,15 +43,15 @@ from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.reports import ReportResult, build_report
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.toyworld import get_domain, load_probe
 from noiseclr_lab.toyworld.render import FACTORS_CSV, render_folder
 from noiseclr_lab.training import TrainConfig, load_preset, train
 
-GT_METRICS = "gt_metrics.json"
-GT_SCHEMA = "noiseclr_lab.gt/2"  # 2: settings say guidance_scale / num_inference_steps; reader; cache_sweeps
+GT_METRICS = RunDir.GT_JSON
 GT_HEATMAP = "gt_effects.png"
-ANALYSIS = "analysis.json"
+ANALYSIS = RunDir.ANALYSIS_JSON
 RESCORING_PNG = "rescoring.png"
 CURVES_PNG = "effect_curves.png"
 INTERFERENCE_PNG = "interference.png"
@@ -59,6 +60,7 @@ LOCALITY_PNG = "locality.png"
 MAX_COMPOSED = 12  # composition is quadratic in the directions: at most this many (the most confident)
 ANALYZE_SCALES = (-6.0, -3.0, 3.0, 6.0)
 DEMO_BASELINES = ("random", "supervised")
+DEMO_COMPOSED = 6  # directions the demo composes (15 pairs; `analyze` composes up to MAX_COMPOSED)
 
 
 @dataclass
@@ -238,7 +240,9 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
         pipe, bank, clip_model, vocabulary, settings, cache=cache_dir, text_cache=run.analysis_dir if cache else None,
         noise_z=noise_z, progress=progress, calibration_target=calibration_target))
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
-            "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z}} | result
+            "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z},
+            # where the sweep's images are (relative to the run; reports read them without loading a model)
+            "sweep_cache": cache_dir.relative_to(run.path).as_posix() if cache_dir is not None else None} | result
     if composition:
         data["composition"] = _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_composed, progress,
                                        cache_dir, procs)
@@ -330,9 +334,12 @@ def _compose(pipe, bank, clip_model, vocabulary, settings, data, run, max_compos
             return {}
     reader = ClipReader(clip_model, vocabulary, cache_dir=run.analysis_dir)
     attrs = data["attributes"]
-    return composition_analysis(pipe, bank, reader, settings, ready, scales,
-                                [attrs.index(dirs[k]["suggested_label"]) for k in ready], progress=progress,
-                                cache=comp_cache)
+    out = composition_analysis(pipe, bank, reader, settings, ready, scales,
+                               [attrs.index(dirs[k]["suggested_label"]) for k in ready], progress=progress,
+                               cache=comp_cache)
+    if comp_cache is not None:  # its batches (base, a000, p000_001 ...), relative to the run, for reports
+        out["cache"] = comp_cache.relative_to(run.path).as_posix()
+    return out
 
 
 def _store_suggestions(bank_path: Path, data: dict) -> None:
@@ -348,6 +355,13 @@ def _store_suggestions(bank_path: Path, data: dict) -> None:
     bank.save(bank_path)
 
 
+def report(run: str | os.PathLike | RunDir, compare: Sequence[str | os.PathLike | RunDir] = (),
+           out: str | os.PathLike | None = None) -> ReportResult:
+    """The run's disentanglement report (report.html, report.json, report.md; default folder RUN/report/) from
+    what its folder stores (``noiseclr_lab.reports.build_report``): no model is loaded."""
+    return build_report(run, compare=compare, out=out)
+
+
 @dataclass
 class DemoResult:
     """What ``demo`` produced."""
@@ -356,6 +370,7 @@ class DemoResult:
     data: Path  # the rendered training images
     gt: GTResult  # the ground-truth scores of the run and its baselines
     analysis: AnalysisResult  # the CLIP analysis of the run (toy CLIP, the faces factors as vocabulary)
+    report: ReportResult  # RUN/report/report.html, .json, .md
     minutes: float  # wall time of the whole demo
 
 
@@ -383,14 +398,16 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
         render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
     values["data"] = str(data)
     cfg = TrainConfig.from_dict(values)
-    say(f"[1/4] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
+    say(f"[1/5] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
         f"({cfg.steps} steps)")
     run = RunDir(train(cfg, resume=bool(RunDir(cfg.out).checkpoints())))
-    say("[2/4] scoring the directions against the toy probe (and baselines)")
+    say("[2/5] scoring the directions against the toy probe (and baselines)")
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
                      baselines=DEMO_BASELINES, device=device)
-    say("[3/4] CLIP analysis: re-scoring, auto-labels, consistency (the toy CLIP reads the same sweep)")
-    # composition (pairs of directions) is left to `noiseclr-lab analyze`: it would add a minute or more
+    say("[3/5] CLIP analysis: re-scoring, auto-labels, consistency (the toy CLIP reads the same sweep), and the "
+        f"composition of the {DEMO_COMPOSED} most confident calibrated directions")
     analysis = analyze(run, seeds=seeds, scales=scales, num_inference_steps=eval_steps, device=device,
-                       composition=False)
-    return DemoResult(run=run, data=data, gt=gt, analysis=analysis, minutes=(time.time() - t0) / 60)
+                       max_composed=DEMO_COMPOSED)
+    say("[4/5] writing the report")
+    rep = report(run)
+    return DemoResult(run=run, data=data, gt=gt, analysis=analysis, report=rep, minutes=(time.time() - t0) / 60)

@@ -175,6 +175,40 @@ def cross_domain_check(run: Path, gt: dict, analysis: dict, device: str = "cpu",
             "interference_spearman_clip_vs_probe": rank_correlation(clip_i[off], probe_i[off])}
 
 
+def composition_timing(run: Path, analysis: dict, k: int, device: str = "cpu") -> dict:
+    """Seconds the composition analysis (interference, additivity, locality; CLIP reader) takes on ``k``
+    directions of the run: the ``k`` most confident, each at its calibrated scale, or where it has none the
+    sweep's largest |scale| with the sign of its label. No cache: every image is generated."""
+    from noiseclr_lab.analysis.clip import ClipReader, load_clip_model
+    from noiseclr_lab.analysis.composition import composition_analysis
+    from noiseclr_lab.analysis.sweep import SweepSettings
+    from noiseclr_lab.analysis.vocab import Vocabulary
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.models import load_pipeline
+
+    dirs = analysis["directions"]
+    if k > len(dirs):
+        raise SystemExit(f"--compose-k {k}: the bank has {len(dirs)} directions")
+    members = sorted(sorted(range(len(dirs)), key=lambda i: -dirs[i]["confidence"])[:k])
+    top = max(abs(x) for x in analysis["settings"]["scales"])
+    scales = [dirs[i]["calibrated_scale"] if dirs[i]["calibration_reached"] else dirs[i]["sign"] * top
+              for i in members]
+    bank = DirectionBank.load(run / "directions.safetensors")
+    pipe = load_pipeline(bank.base_model, device=device)
+    reader = ClipReader(load_clip_model(analysis["clip"], device=device), Vocabulary(**analysis["vocabulary"]))
+    st = analysis["settings"]
+    settings = SweepSettings(scales=tuple(st["scales"]), seeds=st["seeds"], prompt=st["prompt"],
+                             num_inference_steps=st["num_inference_steps"], guidance_scale=st["guidance_scale"],
+                             edit_start=st["edit_start"])
+    own = [analysis["attributes"].index(dirs[i]["suggested_label"]) for i in members]
+    t0 = time.perf_counter()
+    res = composition_analysis(pipe, bank, reader, settings, members, scales, own, progress=True)
+    seconds = time.perf_counter() - t0
+    images = (1 + k + k * (k - 1) // 2) * settings.seeds
+    return {"k": k, "seconds": seconds, "images": images, "pairs": k * (k - 1) // 2,
+            "overlap_predicts_interference": res.get("overlap_predicts_interference")}
+
+
 def official_loop(run: Path, analysis: dict, n_dirs: int, device: str) -> tuple[float, int]:
     """Seconds and images for the one-edit-at-a-time loop on the first ``n_dirs`` directions."""
     import torch
@@ -214,6 +248,8 @@ def main(argv=None) -> int:
                    help="toy scenes run: face directions must leave shape factors alone and the reverse (probe)")
     p.add_argument("--calibration", action="store_true",
                    help="also check calibrated scales against the probe (needs `analyze` to have stored them)")
+    p.add_argument("--compose-k", type=int, default=0,
+                   help="also time the composition analysis on this many directions (e.g. 12: every pair of a K=12 bank)")
     args = p.parse_args(argv)
 
     from noiseclr_lab.workflows import analyze
@@ -254,6 +290,11 @@ def main(argv=None) -> int:
         print(f"official loop:          {off_total:7.1f} s  (extrapolated from {off_n} images in {off_s:.1f} s)")
         print(f"speed-up fresh vs official: {off_total / fresh:.2f}x; cached vs fresh: {fresh / cached:.1f}x")
     analysis = json.loads((args.run / "analysis" / "analysis.json").read_text())
+    if args.compose_k:
+        ct = composition_timing(args.run, analysis, args.compose_k, device=args.device)
+        result["composition_timing"] = ct
+        print(f"composition of {ct['k']} directions ({ct['pairs']} pairs, {ct['images']} images, no cache): "
+              f"{ct['seconds']:.1f} s (target for K=12: <= 180 s on 2 CPU cores)")
     if args.calibration:
         cal = calibration_check(args.run, gt, device=args.device)
         result["calibration"] = cal

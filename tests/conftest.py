@@ -135,3 +135,32 @@ def tiny_clip_name(tmp_path_factory):
     path.write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(path)
     return "tiny-test-clip"
+
+
+@pytest.fixture(scope="session")
+def toy_demo(tmp_path_factory):
+    """``noiseclr-lab demo`` at test size on the shipped toy faces model (12 directions, 2 training steps, 2
+    seeds, scales -6 and 6, 4 denoising steps): a run with config, metrics, bank, gt_metrics.json,
+    analysis.json, cached sweeps and report. Read-only for tests (copy it to change it)."""
+    from noiseclr_lab.workflows import demo
+
+    return demo(tmp_path_factory.mktemp("toy_demo"), steps=2, seeds=2, scales=(-6.0, 6.0), eval_steps=4,
+                device="cpu")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's chromium (Playwright cannot download its own browsers here); without
+    it browser tests skip, except under CI=true where they must run."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        reason = f"{CHROMIUM} is absent (apt-get install -y chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"browser tests must run under CI: {reason}")
+        pytest.skip(reason)
+    return {**browser_type_launch_args, "executable_path": CHROMIUM,
+            "args": ["--no-sandbox", "--disable-dev-shm-usage"]}

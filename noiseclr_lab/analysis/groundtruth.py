@@ -45,6 +45,7 @@ from noiseclr_lab.registry import Registry
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.toyworld import get_domain
 
+GT_SCHEMA = "noiseclr_lab.gt/2"  # gt_metrics.json (2: settings say guidance_scale / num_inference_steps; reader; cache_sweeps)
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 CALIBRATION_THRESHOLD = 0.3
 NOISE_Z = 1.0  # standard errors subtracted from every mean change (see the module docstring)

@@ -48,9 +48,10 @@ def cmd_demo(args) -> int:
     run = res.run.path
     print(res.gt.summary())
     print(res.analysis.summary())
-    print(f"[4/4] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
+    print(f"[5/5] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
           f"{res.gt.metrics_path}, {res.gt.heatmap_path}, {res.analysis.path}, "
           + ", ".join(str(p) for p in res.analysis.figures))
+    print(f"report: {res.report.html}")
     return 0
 
 
