@@ -39,10 +39,11 @@ from noiseclr_lab.analysis.readers import ProbeReader, Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
-from noiseclr_lab.editing import EditPipeline
+from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.recipe import Recipe
 from noiseclr_lab.reports import ReportResult, build_report
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.toyworld import get_domain, load_probe
@@ -360,6 +361,95 @@ def report(run: str | os.PathLike | RunDir, compare: Sequence[str | os.PathLike 
     """The run's disentanglement report (report.html, report.json, report.md; default folder RUN/report/) from
     what its folder stores (``noiseclr_lab.reports.build_report``): no model is loaded."""
     return build_report(run, compare=compare, out=out)
+
+
+@dataclass
+class EditResult:
+    """What ``apply_recipe`` made."""
+
+    image: object  # PIL.Image
+    recipe: Recipe
+    edits: dict  # {token: {"scale", "window"}} as applied (calibrated multiples resolved)
+    notes: list[str]  # what was done to a real image before inversion
+
+
+def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: bool = True) -> EditResult:
+    """The image a recipe describes: its directions applied to a seed's image or to a real image (inverted
+    with DDIM or null-text). ``pipe``: an already loaded pipeline of ``recipe.model`` (the dashboard keeps one);
+    the same recipe on the same device and dtype gives the same pixels."""
+    import torch
+
+    from noiseclr_lab.editing import invert
+    from noiseclr_lab.recipe import file_sha256
+
+    bank = DirectionBank.load(recipe.bank)
+    if recipe.bank_hash and bank.content_hash() != recipe.bank_hash:
+        raise NoiseCLRLabError(f"{recipe.bank} changed since the recipe was made (its directions differ); the edit "
+                               "would not be the same.")
+    for name in list(recipe.edits) + list(recipe.windows):
+        bank.index(name)  # unknown names fail before any work
+    if recipe.calibrated:
+        for name in recipe.edits:
+            k = bank.index(name)
+            if bank.calibrated_scales[k] is None:
+                raise NoiseCLRLabError(f"Direction {bank.tokens[k]} has no calibrated scale; run `noiseclr-lab analyze` "
+                                       "on its run first.")
+    if recipe.image is not None:
+        if not Path(recipe.image).is_file():
+            raise NoiseCLRLabError(f"The recipe's image {recipe.image} does not exist.")
+        if recipe.image_sha256 and file_sha256(recipe.image) != recipe.image_sha256:
+            raise NoiseCLRLabError(f"{recipe.image} changed since the recipe was made.")
+    if pipe is None:
+        pipe = load_pipeline(recipe.model, device=device, dtype=dtype)
+    ep = EditPipeline(pipe, bank)
+    inversion = None
+    if recipe.image is not None:
+        inversion = invert(pipe, recipe.image, num_inference_steps=recipe.steps, method=recipe.inversion,
+                           progress=progress)
+    out = ep(recipe.prompt, edits=recipe.edits, windows=recipe.windows, edit_start=recipe.edit_start,
+             calibrated=recipe.calibrated, generator=torch.Generator().manual_seed(recipe.seed), inversion=inversion,
+             num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, negative_prompt=recipe.negative_prompt)
+    return EditResult(image=out.images[0], recipe=recipe, edits=out.edits,
+                      notes=list(inversion.notes) if inversion is not None else [])
+
+
+def preview_strip(run: str | os.PathLike | RunDir, token: str, scales: Sequence[float] = (-6.0, -3.0, 0.0, 3.0, 6.0),
+                  seeds: int = 4, num_inference_steps: int = 15, guidance_scale: float = 3.0, pipe=None, device=None,
+                  on_progress: Callable[[float], None] | None = None) -> Path:
+    """A seeds x scales strip of one direction (rows: seeds, columns: scales), made when a run has no cached
+    sweep to show, and kept as RUN/analysis/preview-<index>-<settings hash>.png (returned as is next time).
+    ``on_progress(fraction)`` is called after each scale."""
+    import hashlib
+
+    import torch
+
+    from noiseclr_lab.editing import compose_grid
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    bank = DirectionBank.load(run.require_directions())
+    k = bank.index(token)
+    key = hashlib.sha256(repr((bank.content_hash(), bank.tokens[k], [float(x) for x in scales], seeds,
+                               num_inference_steps, guidance_scale)).encode()).hexdigest()[:12]
+    path = run.analysis_file(f"preview-{k:04d}-{key}.png")
+    if path.is_file():
+        return path
+    if pipe is None:
+        pipe = load_pipeline(bank.base_model, device=device)
+    ep = EditPipeline(pipe, bank)
+    prompt = get_domain(bank_domain(bank)).prefix if bank_domain(bank) else ""
+    start = default_edit_start(num_inference_steps)
+    cols = []
+    for n, scale in enumerate(scales):
+        gens = [torch.Generator().manual_seed(i) for i in range(seeds)]
+        edits = {bank.tokens[k]: float(scale)} if scale != 0 else None
+        cols.append(ep([prompt] * seeds, edits=edits, edit_start=start, generator=gens, output_type="pil",
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale).images)
+        if on_progress is not None:
+            on_progress((n + 1) / len(scales))
+    grid = compose_grid([[cols[c][r] for c in range(len(scales))] for r in range(seeds)],
+                        [f"seed {r}" for r in range(seeds)], [f"{x:+g}" for x in scales], cell=96)
+    save_image_atomic(grid, path)
+    return path
 
 
 @dataclass

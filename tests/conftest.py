@@ -164,3 +164,23 @@ def browser_type_launch_args(browser_type_launch_args):
         pytest.skip(reason)
     return {**browser_type_launch_args, "executable_path": CHROMIUM,
             "args": ["--no-sandbox", "--disable-dev-shm-usage"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_analysed_run(planted_source, tiny_clip_name, tmp_path_factory):
+    """Three directions trained for a few steps on the amplified tiny SD, analysed with a tiny random CLIP at a
+    calibration target low enough that they compose (config, metrics, analysis with composition, cached
+    sweeps). Read-only for tests: copy it to change it."""
+    from noiseclr_lab.training import TrainConfig, train
+    from noiseclr_lab.workflows import analyze
+
+    root = tmp_path_factory.mktemp("report_run")
+    cfg = TrainConfig(model=str(planted_source.parent / "sd"), data="toy:faces", out=str(root / "run"),
+                      num_directions=3, directions_per_step=3, steps=4, batch_size=2, num_images=8, lr=1e-2,
+                      checkpoint_every=0, validation_steps=2, validation_seeds=1, log_every=1, cache_dir=str(root / "cache"), device="cpu")
+    run = train(cfg)
+    torch.manual_seed(0)
+    res = analyze(run, clip=f"{tiny_clip_name}:random", vocab="art", scales=(-10.0, 10.0), seeds=3,
+                  num_inference_steps=4, edit_start=1, device="cpu", progress=False, calibration_target=1e-4)
+    assert "tokens" in res.data["composition"], res.data["composition"]
+    return Path(run)

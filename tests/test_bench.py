@@ -63,3 +63,11 @@ def test_to_score_summary_times_equal_learning_by_the_clock_not_by_score_noise()
     assert (res["target"], res["batched_s"], res["official_s"]) == (3.0, 3.0, 4.5) and res["ratio"] == 1.5
     args.tolerance = 0.0  # without a tolerance the batched run only "gets there" never
     assert bench_train.summarize(runs, args)["batched_s"] == float("inf")
+
+
+def test_bench_compose_times_both_ways(tiny_analysed_run, capsys):
+    import bench_compose
+
+    assert bench_compose.main(["--run", str(tiny_analysed_run), "--steps", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("official loop") == 3 and '"compose_s"' in out

@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 
 from noiseclr_lab._version import __version__
-from noiseclr_lab.cli import banks, edit, evaluate, report, toy, train
+from noiseclr_lab.cli import banks, dashboard, edit, evaluate, report, toy, train
 from noiseclr_lab.cli.args import Parser
 from noiseclr_lab.errors import NoiseCLRLabError
 
-COMMAND_GROUPS = (banks, edit, train, evaluate, report, toy)  # each has add_parsers(subparsers)
+COMMAND_GROUPS = (banks, edit, train, evaluate, report, dashboard, toy)  # each has add_parsers(subparsers)
 
 
 def build_parser() -> Parser:

@@ -9,8 +9,46 @@ from noiseclr_lab.errors import NoiseCLRLabError
 
 
 def cmd_edit(args) -> int:
-    import torch
+    from noiseclr_lab.recipe import Recipe, file_sha256
+    from noiseclr_lab.workflows import apply_recipe
 
+    if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
+        if args.grid or args.apply or args.window or args.bank is not None:
+            raise NoiseCLRLabError("--recipe holds the whole edit; give only --out (and --device / --dtype) with it.")
+        recipe = Recipe.load(args.recipe)
+    else:
+        if args.bank is None:
+            raise NoiseCLRLabError("Give --bank BANK (or --recipe FILE).")
+        if args.grid:
+            return _grid(args)
+        edits = dict(args.apply or [])
+        if not edits:
+            raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
+        if args.edit_start >= args.steps:
+            raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
+        from noiseclr_lab.directions import DirectionBank
+
+        recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=dict(args.window or []),
+                        calibrated=args.calibrated, edit_start=args.edit_start, prompt=args.prompt,
+                        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                        image=str(args.image) if args.image is not None else None, inversion=args.inversion,
+                        bank_hash=DirectionBank.load(args.bank).content_hash(),
+                        image_sha256=file_sha256(args.image) if args.image is not None and args.image.is_file() else None)
+    res = apply_recipe(recipe, device=args.device, dtype=args.dtype)
+    for note in res.notes:
+        print(f"image: {note}")
+    from noiseclr_lab.fileio import save_image_atomic
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_image_atomic(res.image, args.out)
+    if args.save_recipe is not None:
+        recipe.save(args.save_recipe)
+    applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in res.edits.items())
+    print(f"wrote {args.out} ({applied})" + (f"; recipe {args.save_recipe}" if args.save_recipe else ""))
+    return 0
+
+
+def _grid(args) -> int:
     from noiseclr_lab.directions import DirectionBank
     from noiseclr_lab.editing import EditPipeline, edit_grid, invert
     from noiseclr_lab.fileio import save_image_atomic
@@ -18,51 +56,35 @@ def cmd_edit(args) -> int:
 
     bank = DirectionBank.load(args.bank)
     edits = dict(args.apply or [])
-    windows = {name: win for name, win in (args.window or [])}
-    if not args.grid and not edits:
-        raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
-    for name in list(edits) + list(windows):
+    for name in edits:
         bank.index(name)  # unknown names fail before any work
-    if args.edit_start >= args.steps:
-        raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
-    if args.grid and windows:
+    if args.window:
         raise NoiseCLRLabError("--window applies to single edits; a --grid takes --edit-start for all its cells.")
-    if args.grid and args.calibrated:
-        raise NoiseCLRLabError("--calibrated applies to single edits (--apply NAME=MULTIPLE).")
     if args.calibrated:
-        for name in edits:
-            k = bank.index(name)
-            if bank.calibrated_scales[k] is None:
-                raise NoiseCLRLabError(f"Direction {bank.tokens[k]} has no calibrated scale; run `noiseclr-lab analyze` "
-                                       "on its run first.")
+        raise NoiseCLRLabError("--calibrated applies to single edits (--apply NAME=MULTIPLE).")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    ep = EditPipeline(pipe, bank)
     inversion = None
     if args.image is not None:
         inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion)
         for note in inversion.notes:
             print(f"image: {note}")
-    kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "negative_prompt": args.negative_prompt}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.grid:
-        names = list(edits) or bank.tokens
-        grid = edit_grid(ep, names, args.scales, prompt=args.prompt, seeds=[args.seed], inversion=inversion,
-                         edit_start=args.edit_start, **kwargs)
-        save_image_atomic(grid, args.out)
-        print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
-        return 0
-    out = ep(args.prompt, edits=edits, windows=windows, edit_start=args.edit_start, calibrated=args.calibrated,
-             generator=torch.Generator().manual_seed(args.seed), inversion=inversion, **kwargs)
-    save_image_atomic(out.images[0], args.out)
-    applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in out.edits.items())
-    print(f"wrote {args.out} ({applied})")
+    names = list(edits) or bank.tokens
+    grid = edit_grid(EditPipeline(pipe, bank), names, args.scales, prompt=args.prompt, seeds=[args.seed],
+                     inversion=inversion, edit_start=args.edit_start, num_inference_steps=args.steps,
+                     guidance_scale=args.guidance, negative_prompt=args.negative_prompt)
+    save_image_atomic(grid, args.out)
+    print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
     return 0
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("edit", help="apply directions to a generated image (a seed) or a real one (--image)")
     s.add_argument("--model", default="toy:faces", help="toy:<domain>, hub id, pipeline folder or .safetensors/.ckpt")
-    s.add_argument("--bank", type=Path, required=True, help="directions.safetensors")
+    s.add_argument("--bank", type=Path, default=None, help="directions.safetensors")
+    s.add_argument("--recipe", type=Path, default=None,
+                   help="replay a recipe JSON (from the dashboard or --save-recipe): the same pixels on the same device")
+    s.add_argument("--save-recipe", type=Path, default=None, help="also write the recipe of this edit (JSON)")
     s.add_argument("--apply", type=name_value, action="append", metavar="NAME=SCALE",
                    help="a direction (token or label) and its scale; repeat to compose")
     s.add_argument("--window", type=name_window, action="append", metavar="NAME=START:END",

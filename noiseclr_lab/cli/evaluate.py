@@ -52,6 +52,7 @@ def cmd_demo(args) -> int:
           f"{res.gt.metrics_path}, {res.gt.heatmap_path}, {res.analysis.path}, "
           + ", ".join(str(p) for p in res.analysis.figures))
     print(f"report: {res.report.html}")
+    print(f"dashboard: noiseclr-lab dashboard --workspace {Path(args.out)}")
     return 0
 
 

@@ -73,3 +73,21 @@ def prepare_image(image, size: int) -> tuple[Image.Image, list[str]]:
         notes.append(f"resized {img.size[0]}x{img.size[1]} to {size}x{size}")
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     return img, notes
+
+
+def decode_upload(data: bytes, name: str = "the upload", max_bytes: int = 10 * 1024 * 1024,
+                  max_pixels: int = 4096 * 4096) -> Image.Image:
+    """An uploaded image file as RGB, decoded safely: too large a file, too many pixels (checked from the
+    header, before decoding) or a file that is not an image is one NoiseCLRLabError sentence."""
+    import io
+
+    if len(data) > max_bytes:
+        raise NoiseCLRLabError(f"{name} is {len(data) / 1e6:.1f} MB; at most {max_bytes / 1e6:.0f} MB are accepted.")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise NoiseCLRLabError(f"{name} has {img.width} x {img.height} pixels; at most {max_pixels} are accepted.")
+            img.load()
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise NoiseCLRLabError(f"{name} is not a readable image ({type(e).__name__}).") from e

@@ -260,6 +260,30 @@ def _composition(run: RunDir, analysis: dict, images: dict[str, bytes] | None) -
             "overlap_predicts_interference": comp["overlap_predicts_interference"], "examples": examples}
 
 
+def composition_pair(run: str | Path | RunDir, i: str, j: str) -> bytes | None:
+    """A PNG of the unedited image, ``i`` alone, ``j`` alone and both composed, on the composition analysis's
+    seeds (rows), read from the run's cached composition batches; None when they are not cached."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    path = run.analysis_dir / RunDir.ANALYSIS_JSON
+    if not path.is_file():
+        return None
+    analysis = _read_json(path, "CLIP analysis", ANALYSIS_SCHEMA, f"re-run `noiseclr-lab analyze {run.path}`")
+    comp = analysis.get("composition") or {}
+    tokens = comp.get("tokens") or []
+    if i not in tokens or j not in tokens or i == j:
+        return None
+    a, b = sorted((tokens.index(i), tokens.index(j)))
+    cache = _inside(run, comp.get("cache"))
+    if cache is None:
+        return None
+    batches = [_load_batch(cache / f"{n}.safetensors") for n in ("base", f"a{a:03d}", f"a{b:03d}", f"p{a:03d}_{b:03d}")]
+    if any(x is None for x in batches):
+        return None
+    n = min(len(batches[0]), STRIP_SEEDS)
+    return _grid([[x[s] for x in batches] for s in range(n)], [f"seed {s}" for s in range(n)],
+                 ["unedited", tokens[a], tokens[b], f"{tokens[a]}+{tokens[b]}"])
+
+
 GT_METRICS = (("coverage", "coverage"), ("modularity", "modularity_mean"), ("MIG", "mig_style"),
               ("DCI disentanglement", "dci_disentanglement"), ("DCI completeness", "dci_completeness"),
               ("active directions", "active_directions"))

@@ -1,0 +1,86 @@
+"""An edit recipe: everything that decides one edited image (model, bank, directions and scales, step windows,
+prompt, seed, steps, guidance, or a real image and its inversion), as JSON. ``workflows.apply_recipe`` makes
+the image; the dashboard downloads a recipe and ``noiseclr-lab edit --recipe FILE`` replays it to the same
+pixels (on the same device and dtype)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import write_json_atomic
+
+RECIPE_SCHEMA = "noiseclr_lab.recipe/1"
+
+
+@dataclass
+class Recipe:
+    model: str  # a load_pipeline spec
+    bank: str  # path of the directions.safetensors
+    edits: dict[str, float]  # direction (token or label) -> scale (a multiple of the calibrated one if calibrated)
+    windows: dict[str, list[int]] = field(default_factory=dict)  # direction -> [start, end) denoising steps
+    calibrated: bool = False
+    edit_start: int = 0
+    prompt: str = ""
+    negative_prompt: str | None = None
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    image: str | None = None  # a real image to edit (inverted first) instead of a seed
+    inversion: str = "ddim"  # ddim or null-text
+    bank_hash: str | None = None  # the bank's content hash when the recipe was made (checked on replay)
+    image_sha256: str | None = None  # the image file's hash (checked on replay)
+
+    def __post_init__(self):
+        if not isinstance(self.edits, dict) or not self.edits:
+            raise NoiseCLRLabError("A recipe needs at least one edit (direction -> scale).")
+        try:
+            self.edits = {str(k): float(v) for k, v in self.edits.items()}
+            self.windows = {str(k): [int(v[0]), int(v[1])] for k, v in (self.windows or {}).items()}
+            self.steps, self.seed, self.edit_start = int(self.steps), int(self.seed), int(self.edit_start)
+            self.guidance = float(self.guidance)
+        except (TypeError, ValueError, IndexError) as e:
+            raise NoiseCLRLabError(f"A recipe field has the wrong type ({e}).") from e
+        if self.steps < 1 or not 0 <= self.edit_start < self.steps:
+            raise NoiseCLRLabError(f"A recipe needs steps >= 1 and 0 <= edit_start < steps, got {self.steps} and "
+                                   f"{self.edit_start}.")
+        if self.inversion not in ("ddim", "null-text"):
+            raise NoiseCLRLabError(f"Unknown inversion {self.inversion!r}; use ddim or null-text.")
+
+    def as_dict(self) -> dict:
+        return {"schema": RECIPE_SCHEMA} | asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        write_json_atomic(Path(path), self.as_dict())
+        return Path(path)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict) or data.get("schema") != RECIPE_SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise NoiseCLRLabError(f"{source} is not a {RECIPE_SCHEMA} recipe (schema {found!r}).")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"schema"})
+        if unknown:
+            raise NoiseCLRLabError(f"{source} has unknown fields: {', '.join(unknown)}.")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise NoiseCLRLabError(f"{source} lacks a field ({e}).") from e
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recipe:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise NoiseCLRLabError(f"{path} is not a readable recipe ({e}).") from e
+        return cls.from_dict(data, str(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

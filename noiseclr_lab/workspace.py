@@ -1,0 +1,115 @@
+"""A workspace: the folder an app (the dashboard) may read and write, holding run folders and labels.sqlite.
+
+Every path an app uses goes through ``Workspace.resolve``: a path that resolves outside the workspace,
+through ``..`` or a symbolic link, is refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.store import RunDir
+
+LABELS_DB = "labels.sqlite"
+UPLOADS = ".uploads"  # images uploaded to the dashboard (recipes refer to them)
+RECENT_S = 600  # a run whose metrics changed this recently and whose training is unfinished is "in progress"
+
+
+@dataclass
+class RunInfo:
+    """One run of a workspace, as a listing shows it."""
+
+    run: RunDir
+    name: str  # path relative to the workspace
+    status: str  # "in progress", "stopped", "trained", "analysed", "reported"
+    steps_done: int
+    steps_total: int | None
+    base_model: str | None
+    last_loss: float | None
+
+
+class Workspace:
+    def __init__(self, root: str | os.PathLike):
+        root = Path(root)
+        if not root.is_dir():
+            raise NoiseCLRLabError(f"The workspace {root} is not a folder.")
+        self.root = root.resolve()
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """``path`` (relative to the workspace, or absolute) resolved; refused when it lies outside."""
+        p = Path(path)
+        full = (p if p.is_absolute() else self.root / p).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise NoiseCLRLabError(f"{path} lies outside the workspace {self.root}; the dashboard reads and writes "
+                                   "only inside it.")
+        return full
+
+    @property
+    def labels_db(self) -> Path:
+        return self.root / LABELS_DB
+
+    @property
+    def uploads(self) -> Path:
+        folder = self.root / UPLOADS
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def runs(self, max_depth: int = 3) -> list[RunInfo]:
+        """Run folders (holding config.json or directions.safetensors) up to ``max_depth`` levels down, sorted
+        by name; links that lead outside the workspace are skipped."""
+        found = []
+
+        def walk(folder: Path, depth: int) -> None:
+            try:
+                entries = sorted(folder.iterdir())
+            except OSError:
+                return
+            if (folder / RunDir.CONFIG).is_file() or (folder / RunDir.DIRECTIONS).is_file():
+                found.append(folder)
+                return
+            if depth == max_depth:
+                return
+            for e in entries:
+                if e.is_dir() and not e.name.startswith("."):
+                    try:
+                        self.resolve(e)
+                    except NoiseCLRLabError:
+                        continue
+                    walk(e, depth + 1)
+
+        walk(self.root, 0)
+        return [self.info(f) for f in found]
+
+    def info(self, folder: Path) -> RunInfo:
+        run = RunDir(self.resolve(folder))
+        metrics = run.read_metrics()
+        steps_done = max((int(r.get("step", 0)) for r in metrics), default=0)
+        cfg = {}
+        if run.config_path.is_file():
+            try:
+                cfg = json.loads(run.config_path.read_text()).get("config", {})
+            except (OSError, json.JSONDecodeError):  # being written: shown as in progress below
+                cfg = {}
+        total = cfg.get("steps")
+        base = cfg.get("model")
+        recent = run.metrics_path.is_file() and time.time() - run.metrics_path.stat().st_mtime < RECENT_S
+        finished = total is None or steps_done >= int(total)
+        if not run.directions_path.is_file() or (not finished and recent):
+            status = "in progress" if recent or not run.directions_path.is_file() else "stopped"
+        elif not finished:
+            status = "stopped"
+        elif (run.report_dir / "report.json").is_file():
+            status = "reported"
+        elif (run.analysis_dir / RunDir.ANALYSIS_JSON).is_file():
+            status = "analysed"
+        else:
+            status = "trained"
+        loss = next((float(r["loss"]) for r in reversed(metrics) if "loss" in r), None)
+        return RunInfo(run=run, name=run.path.relative_to(self.root).as_posix() or ".", status=status,
+                       steps_done=steps_done, steps_total=int(total) if total is not None else None,
+                       base_model=base, last_loss=loss)
