@@ -194,13 +194,14 @@ def _directions(run: RunDir, bank: DirectionBank, analysis: dict, images: dict[s
             "strip": None, "locality": None,
         } | q
         edited = _load_batch(cache / f"d{k:04d}.safetensors") if cache is not None else None
-        if base is not None and edited is not None and len(edited) == len(scales) * S and images is not None:
+        if base is not None and edited is not None and len(edited) == len(scales) * S:
             ed = edited.reshape(len(scales), S, *edited.shape[1:])
             cols = sorted([*scales, 0.0])
             rows = [[base[s] if c == 0.0 and 0.0 not in scales else ed[scales.index(c), s] for c in cols]
                     for s in range(min(S, STRIP_SEEDS))]
             name = f"strip-{k:03d}"
-            images[name] = _grid(rows, [f"seed {s}" for s in range(len(rows))], [f"{c:+g}" for c in cols])
+            if images is not None:  # (without images: the numbers only, e.g. for the dashboard's tables)
+                images[name] = _grid(rows, [f"seed {s}" for s in range(len(rows))], [f"{c:+g}" for c in cols])
             item["strip"] = {"image": name, "seeds": list(range(len(rows))), "scales": cols}
             at = scales.index(float(d["label_scale"])) if float(d["label_scale"]) in scales else int(np.argmax(np.abs(scales)))
             m = np.abs(ed[at].astype(np.float32) - base.astype(np.float32)).mean(axis=(0, 3)) / 255.0  # (H, W)
@@ -209,12 +210,14 @@ def _directions(run: RunDir, bank: DirectionBank, analysis: dict, images: dict[s
                                 "mean_change": round(float(m.mean()), 5), "peak_change": round(float(m.max()), 5),
                                 "grid": _block_mean(m, LOCALITY_GRID).round(5).tolist()}
         out.append(item)
-    if maps and images is not None:  # one colour scale for every map, so that they compare
+    if maps:  # one colour scale for every map, so that they compare
         from noiseclr_lab.reports.figures import locality_png
 
         vmax = max(float(m.max()) for m in maps.values()) or 1e-6
         for k, m in maps.items():
-            images[f"locality-{k:03d}"] = locality_png(m, vmax, f"{out[k]['token']} at {out[k]['locality']['scale']:+g}")
+            if images is not None:
+                images[f"locality-{k:03d}"] = locality_png(m, vmax,
+                                                           f"{out[k]['token']} at {out[k]['locality']['scale']:+g}")
         for item in out:
             if item["locality"] is not None:
                 item["locality"]["colour_max"] = round(vmax, 5)
