@@ -5,7 +5,6 @@ upload decoding, recipe replay, and one real-browser session against a live `noi
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -175,24 +174,39 @@ def test_uploads_are_decoded_safely(tmp_path):
         decode_upload((tmp_path / "huge.png").read_bytes(), "huge.png")
 
 
-def _writer(db: str, who: str, n: int) -> None:
-    with LabelStore(db) as store:
-        for i in range(n):
-            store.set("bank", f"<d{i % 7}>", "notes", f"{who} {i}", who=who)
+WRITER = """
+import sys, time
+from pathlib import Path
+from noiseclr_lab.directions.labels import LabelStore
+db, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder = Path(db).parent
+with LabelStore(db) as store:
+    (folder / f"ready-{who}").touch()
+    while not (folder / "go").exists():  # start together
+        time.sleep(0.005)
+    for i in range(n):
+        store.set("bank", f"<d{i % 7}>", "notes", f"{who} {i}", who=who)
+        time.sleep(0.003)  # a person's pace is slower still; without a pause one writer keeps the lock
+"""
 
 
 def test_label_store_loses_nothing_under_concurrent_writers(tmp_path):
+    """Three processes (fresh interpreters, as three dashboard sessions would be) write at the same time."""
     db = tmp_path / "labels.sqlite"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(db), f"w{w}", 60)) for w in range(3)]
+    LabelStore(db).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), f"w{w}", "60"]) for w in range(3)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+        assert p.wait(120) == 0
     with LabelStore(db) as store:
         events = store.history("bank")
         assert len(events) == 180 and store.journal_mode == "wal"
+        order = [e["who"] for e in events]
+        switches = sum(a != b for a, b in zip(order, order[1:]))
+        assert switches > 3, "the writers did not overlap: this run tested nothing concurrent"
         for w in range(3):  # every writer's every change is there, in its order
             mine = [e["new"] for e in events if e["who"] == f"w{w}"]
             assert mine == [f"w{w} {i}" for i in range(60)]
