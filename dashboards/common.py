@@ -37,7 +37,8 @@ def workspace() -> Workspace:
 def pick_run(ws: Workspace, key: str = "run", ready_only: bool = True):
     """A run chosen in the sidebar (shared by the pages); None when there is none to show."""
     runs = ws.runs()
-    shown = [r for r in runs if not ready_only or r.status != "in progress"]
+    shown = [r for r in runs if not ready_only or (r.status in ("stopped", "trained", "analysed", "reported")
+                                                   and r.run.directions_path.is_file())]
     busy = [r for r in runs if r.status == "in progress"]
     if busy:
         st.sidebar.info("In progress: " + ", ".join(f"{r.name} ({r.steps_done}/{r.steps_total or '?'} steps)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,8 +44,18 @@ class Recipe:
             self.windows = {str(k): [int(v[0]), int(v[1])] for k, v in (self.windows or {}).items()}
             self.steps, self.seed, self.edit_start = int(self.steps), int(self.seed), int(self.edit_start)
             self.guidance = float(self.guidance)
-        except (TypeError, ValueError, IndexError) as e:
-            raise NoiseCLRLabError(f"A recipe field has the wrong type ({e}).") from e
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+            raise NoiseCLRLabError(f"A recipe field has the wrong type ({type(e).__name__}: {e}).") from e
+        if not all(math.isfinite(v) for v in [*self.edits.values(), self.guidance]):
+            raise NoiseCLRLabError("A recipe's scales and guidance must be finite numbers.")
+        if not isinstance(self.calibrated, bool):
+            raise NoiseCLRLabError(f"A recipe's calibrated is true or false, got {self.calibrated!r}.")
+        for name in ("model", "bank", "prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise NoiseCLRLabError(f"A recipe's {name} is a string, got {type(getattr(self, name)).__name__}.")
+        for name in ("image", "negative_prompt", "bank_hash", "image_sha256"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise NoiseCLRLabError(f"A recipe's {name} is a string or null.")
         if self.steps < 1 or not 0 <= self.edit_start < self.steps:
             raise NoiseCLRLabError(f"A recipe needs steps >= 1 and 0 <= edit_start < steps, got {self.steps} and "
                                    f"{self.edit_start}.")

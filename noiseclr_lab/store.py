@@ -118,7 +118,7 @@ class RunDir:
             raise NoiseCLRLabError(f"{self.config_path} is missing.")
         try:
             return json.loads(self.config_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise NoiseCLRLabError(f"{self.config_path} is damaged: {e}") from e
 
     def reset_metrics(self) -> None:

@@ -87,22 +87,34 @@ class Workspace:
 
     def info(self, folder: Path) -> RunInfo:
         run = RunDir(self.resolve(folder))
-        metrics = run.read_metrics()
+        name = run.path.relative_to(self.root).as_posix() or "."
+        try:
+            return self._info(run, name)
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # one damaged folder must not hide the others
+            return RunInfo(run=run, name=name, status=f"damaged ({type(e).__name__})", steps_done=0, steps_total=None,
+                           base_model=None, last_loss=None)
+
+    @staticmethod
+    def _info(run: RunDir, name: str) -> RunInfo:
+        metrics = [r for r in run.read_metrics() if isinstance(r, dict)]
         steps_done = max((int(r.get("step", 0)) for r in metrics), default=0)
         cfg = {}
         if run.config_path.is_file():
             try:
                 cfg = json.loads(run.config_path.read_text()).get("config", {})
-            except (OSError, json.JSONDecodeError):  # being written: shown as in progress below
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # being written: judged by its metrics
                 cfg = {}
         total = cfg.get("steps")
+        total = int(total) if total is not None else None
         base = cfg.get("model")
         recent = run.metrics_path.is_file() and time.time() - run.metrics_path.stat().st_mtime < RECENT_S
-        finished = total is None or steps_done >= int(total)
-        if not run.directions_path.is_file() or (not finished and recent):
-            status = "in progress" if recent or not run.directions_path.is_file() else "stopped"
-        elif not finished:
-            status = "stopped"
+        finished = total is None or steps_done >= total
+        trained = run.directions_path.is_file()
+        if not trained or not finished:
+            status = "in progress" if recent or (not trained and not run.metrics_path.is_file()
+                                                and run.config_path.is_file()
+                                                and time.time() - run.config_path.stat().st_mtime < RECENT_S) \
+                else "stopped"
         elif (run.report_dir / "report.json").is_file():
             status = "reported"
         elif (run.analysis_dir / RunDir.ANALYSIS_JSON).is_file():
@@ -110,6 +122,5 @@ class Workspace:
         else:
             status = "trained"
         loss = next((float(r["loss"]) for r in reversed(metrics) if "loss" in r), None)
-        return RunInfo(run=run, name=run.path.relative_to(self.root).as_posix() or ".", status=status,
-                       steps_done=steps_done, steps_total=int(total) if total is not None else None,
-                       base_model=base, last_loss=loss)
+        return RunInfo(run=run, name=name, status=status, steps_done=steps_done, steps_total=total, base_model=base,
+                       last_loss=loss)

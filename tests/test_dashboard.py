@@ -78,10 +78,10 @@ def test_directions_page_filters_sorts_labels_and_exports(ws):
     at.text_input(key="filter").set_value("").run()
     at.selectbox(key="sort").set_value("consistency").run()
     assert not at.exception
-    at.text_input(key="label_0").set_value("smile")
-    at.text_area(key="notes_0").set_value("clean on every seed")
-    at.radio(key="verdict_0").set_value("good")
-    at.button(key="FormSubmitter:label-0-Save").click().run()
+    at.text_input(key="label_0@toy/run").set_value("smile")
+    at.text_area(key="notes_0@toy/run").set_value("clean on every seed")
+    at.radio(key="verdict_0@toy/run").set_value("good")
+    at.button(key="FormSubmitter:label-0@toy/run-Save").click().run()
     bank = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors")
     with LabelStore(ws / "labels.sqlite") as store:
         assert store.current(bank.content_hash())["<d1>"] == {"label": "smile", "notes": "clean on every seed",
@@ -96,7 +96,7 @@ def test_directions_page_generates_a_missing_strip(ws):
     shutil.rmtree(ws / "toy" / "run" / "analysis")  # no cached sweep, no analysis
     at = page("directions", ws, selected_run="toy/run")
     assert any("has no analysis" in w.value for w in at.warning)
-    at.button(key="strip_0").click().run()
+    at.button(key="strip_0@toy/run").click().run()
     assert not at.exception and not at.error and len(at.image) == 1
     assert list((ws / "toy" / "run" / "analysis").glob("preview-0000-*.png"))
 
@@ -106,8 +106,8 @@ def test_compose_page_edits_and_its_recipe_replays_to_the_same_pixels(ws, tmp_pa
     at = page("compose", ws, selected_run="toy/run")
     assert not at.exception
     at.multiselect(key="compose_dirs::toy/run").set_value([0, 3]).run()
-    at.slider(key="scale_0_0").set_value(2.0)  # raw scales: this bank has no calibrated ones
-    at.slider(key="window_3").set_value((3, 15))
+    at.slider(key="scale_0_0@toy/run").set_value(2.0)  # raw scales: this bank has no calibrated ones
+    at.slider(key="window_3@toy/run").set_value((3, 15))
     at.button[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     res, seconds = at.session_state["composed::toy/run"]
@@ -127,8 +127,8 @@ def test_compose_page_edits_and_its_recipe_replays_to_the_same_pixels(ws, tmp_pa
 def test_interference_page_shows_a_pair(ws):
     at = page("interference", ws, selected_run="tiny/run")
     assert not at.exception and not at.error
-    at.selectbox(key="pair_i").set_value("<d1>")
-    at.selectbox(key="pair_j").set_value("<d3>").run()
+    at.selectbox(key="pair_i@tiny/run").set_value("<d1>")
+    at.selectbox(key="pair_j@tiny/run").set_value("<d3>").run()
     assert any("interference of <d1> by <d3>" in m.value for m in at.markdown)
     assert len(at.image) == 1
     at = page("interference", ws, selected_run="toy/run")  # the test-size demo composed nothing: says why
@@ -154,6 +154,14 @@ def test_workspace_refuses_paths_outside_it(ws, tmp_path):
     assert "link/run" not in [r.name for r in w.runs()]  # a link leading outside is not followed
     with pytest.raises(NoiseCLRLabError, match="not a folder"):
         Workspace(tmp_path / "nope")
+    bad = ws / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("[1, 2]")  # not what a trainer writes: listed as damaged, the rest still listed
+    (ws / "old").mkdir()
+    (ws / "old" / "config.json").write_text(json.dumps({"config": {"steps": 9}}))
+    os.utime(ws / "old" / "config.json", (time.time() - 3600, time.time() - 3600))
+    status = {r.name: r.status for r in Workspace(ws).runs()}
+    assert status["bad"].startswith("damaged") and status["old"] == "stopped" and status["toy/run"] == "reported"
 
 
 def test_uploads_are_decoded_safely(tmp_path):
@@ -218,8 +226,12 @@ def test_label_store_loses_nothing_under_concurrent_writers(tmp_path):
         assert not store.set("bank", "<d0>", "notes", store.current("bank")["<d0>"]["notes"])  # unchanged: no row
         with pytest.raises(NoiseCLRLabError, match="verdict"):
             store.set("bank", "<d0>", "verdict", "maybe")
+        # a label the bank file already holds: saving it unchanged records nothing, clearing it is a change
+        assert not store.set("other", "<d1>", "label", "smile", baseline="smile")
+        assert store.set("other", "<d1>", "label", "", baseline="smile")
+        assert store.current("other")["<d1>"]["label"] == ""
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT COUNT(*) FROM label_events").fetchone()[0] == 180
+        assert con.execute("SELECT COUNT(*) FROM label_events").fetchone()[0] == 181  # + the cleared label
 
 
 def test_recipe_files_are_checked():

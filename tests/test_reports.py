@@ -144,8 +144,10 @@ def test_bad_input_one_line_and_no_partial_report(tiny_run, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     analysis.write_text(good)
+    (tmp_path / "busy" / "report.json").write_text("{}")  # a report.json beside other files is still not a report
     assert main(["report", str(run), "--out", str(tmp_path / "busy")]) == 1
-    assert "not a report folder" in capsys.readouterr().err and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert "holds more than a report" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert main(["report", str(run)]) == 0
     assert "report.html" in capsys.readouterr().out
 
@@ -185,3 +187,18 @@ def test_report_opens_offline_in_a_real_browser(toy_demo, page, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert not errors, errors
     assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), requests
+
+
+def test_labels_and_names_cannot_inject_markup(tiny_run, tmp_path):
+    from noiseclr_lab.directions import DirectionBank
+
+    run = tmp_path / "run $\\foo$ <b>"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    bank = DirectionBank.load(run / "directions.safetensors")
+    bank.labels = ["<script>alert(1)</script> $\\frac$", "", ""]
+    bank.save(run / "directions.safetensors")
+    res = build_report(run, out=tmp_path / "out")  # matplotlib reads "$...$" as math unless escaped
+    page = res.html.read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    md = res.markdown.read_text()
+    assert "<script>" not in md and "<d1>" not in md and "&lt;d1&gt;" in md

@@ -53,8 +53,8 @@ with left:
         a, b = st.columns([3, 2])
         edits[tok] = a.slider(f"{name_of(k)} " + ("(x calibrated scale)" if usable else "(scale)"),
                               -3.0 if usable else -10.0, 3.0 if usable else 10.0, 1.0 if usable else 3.0, 0.1,
-                              key=f"scale_{k}_{int(usable)}")
-        lo, hi = b.slider(f"{tok} active on steps", 0, int(steps), (0, int(steps)), key=f"window_{k}")
+                              key=f"scale_{k}_{int(usable)}@{info.name}")
+        lo, hi = b.slider(f"{tok} active on steps", 0, int(steps), (0, int(steps)), key=f"window_{k}@{info.name}")
         if (lo, hi) != (0, int(steps)):
             windows[tok] = [lo, hi]
     if calibrated and any(bank.calibrated_scales[bank.tokens.index(t)] is None for t in edits):

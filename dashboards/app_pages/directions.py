@@ -71,21 +71,22 @@ for c in shown:
                 m1.metric("quality", f"{c['quality']:.3f}")
                 m2.metric("consistency", f"{c['consistency']:.3f}")
                 m3.metric("calibrated scale", "n/a" if c["calibrated_scale"] is None else f"{c['calibrated_scale']:.2f}")
-            with st.form(f"label-{k}"):
-                label = st.text_input("Label", value=mine.get("label", c["label"] or ""), key=f"label_{k}")
-                notes = st.text_area("Notes", value=mine.get("notes", ""), key=f"notes_{k}", height=68)
+            with st.form(f"label-{k}@{info.name}"):
+                label = st.text_input("Label", value=mine.get("label", c["label"] or ""), key=f"label_{k}@{info.name}")
+                notes = st.text_area("Notes", value=mine.get("notes", ""), key=f"notes_{k}@{info.name}", height=68)
                 verdicts = ["", "good", "bad"]
                 verdict = st.radio("Verdict", verdicts, index=verdicts.index(mine.get("verdict", "")), horizontal=True,
-                                   format_func=lambda v: v or "unmarked", key=f"verdict_{k}")
+                                   format_func=lambda v: v or "unmarked", key=f"verdict_{k}@{info.name}")
                 if st.form_submit_button("Save"):
                     for field, value in (("label", label), ("notes", notes), ("verdict", verdict)):
-                        guard(store.set, bank_hash, tok, field, value, who())
+                        guard(store.set, bank_hash, tok, field, value, who(),
+                              baseline=bank.labels[k] if field == "label" else "")
                     st.success(f"saved {tok}")
         with right:
             if c["strip"] is not None and c["strip"]["image"] in images:
                 st.image(images[c["strip"]["image"]], caption="seeds x scales (cached sweep)")
             else:
-                if st.button("Generate the seeds x scales strip", key=f"strip_{k}"):
+                if st.button("Generate the seeds x scales strip", key=f"strip_{k}@{info.name}"):
                     from noiseclr_lab.workflows import preview_strip
 
                     bar = st.progress(0.0, text=f"generating {tok}")

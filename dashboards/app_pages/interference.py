@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import streamlit as st  # noqa: E402
 from common import guard, pick_run, workspace  # noqa: E402
 
-from noiseclr_lab.reports.collect import collect, composition_pair  # noqa: E402
+from noiseclr_lab.reports.collect import collect, composition_pair, fmt  # noqa: E402
 from noiseclr_lab.reports.figures import heatmap_figure  # noqa: E402
 from noiseclr_lab.store import RunDir  # noqa: E402
 
@@ -31,20 +31,20 @@ if not comp["available"]:
 tokens = comp["tokens"]
 fig = heatmap_figure(comp["interference"], tokens, tokens, "Interference: change of row i's own effect when column j "
                      "is added", "interference", hover="i=%{y}, j=%{x}: %{z:.3f}")
-event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key="heat")
+event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key=f"heat@{info.name}")
 points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
     getattr(getattr(event, "selection", None), "points", []) or []
 if points:
-    st.session_state["pair_i"], st.session_state["pair_j"] = points[0]["y"], points[0]["x"]
+    st.session_state[f"pair_i@{info.name}"], st.session_state[f"pair_j@{info.name}"] = points[0]["y"], points[0]["x"]
 c1, c2 = st.columns(2)
-i = c1.selectbox("i (row)", tokens, key="pair_i")
-j = c2.selectbox("j (column)", tokens, index=min(1, len(tokens) - 1), key="pair_j")
+i = c1.selectbox("i (row)", tokens, key=f"pair_i@{info.name}")
+j = c2.selectbox("j (column)", tokens, index=min(1, len(tokens) - 1), key=f"pair_j@{info.name}")
 if i == j:
     st.caption("Pick two different directions.")
 else:
     a, b = tokens.index(i), tokens.index(j)
-    st.markdown(f"interference of {i} by {j}: **{comp['interference'][a][b]:.3f}**, of {j} by {i}: "
-                f"**{comp['interference'][b][a]:.3f}**")
+    st.markdown(f"interference of {i} by {j}: **{fmt(comp['interference'][a][b])}**, of {j} by {i}: "
+                f"**{fmt(comp['interference'][b][a])}**")
     png = composition_pair(info.run, i, j)
     if png is None:
         st.info("The composition images are not cached in this run (analyze without --no-cache keeps them).")

@@ -13,19 +13,22 @@ def cmd_edit(args) -> int:
     from noiseclr_lab.workflows import apply_recipe
 
     if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
-        if args.grid or args.apply or args.window or args.bank is not None:
+        if (args.grid or args.apply or args.window or args.bank is not None or args.image is not None or args.calibrated
+                or args.negative_prompt is not None or args.save_recipe is not None):
             raise NoiseCLRLabError("--recipe holds the whole edit; give only --out (and --device / --dtype) with it.")
         recipe = Recipe.load(args.recipe)
     else:
         if args.bank is None:
             raise NoiseCLRLabError("Give --bank BANK (or --recipe FILE).")
+        if args.edit_start >= args.steps:
+            raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
         if args.grid:
+            if args.save_recipe is not None:
+                raise NoiseCLRLabError("--save-recipe records a single edit, not a --grid.")
             return _grid(args)
         edits = dict(args.apply or [])
         if not edits:
             raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
-        if args.edit_start >= args.steps:
-            raise NoiseCLRLabError(f"--edit-start {args.edit_start} leaves no denoising step to edit (--steps {args.steps}).")
         from noiseclr_lab.directions import DirectionBank
 
         recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=dict(args.window or []),

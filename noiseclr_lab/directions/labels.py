@@ -60,8 +60,10 @@ class LabelStore:
     def journal_mode(self) -> str:
         return self._db.execute("PRAGMA journal_mode").fetchone()[0]
 
-    def set(self, bank_hash: str, token: str, field: str, value: str, who: str = "") -> bool:
-        """Record a new value (False, and nothing written, when it equals the current one)."""
+    def set(self, bank_hash: str, token: str, field: str, value: str, who: str = "", baseline: str = "") -> bool:
+        """Record a new value (False, and nothing written, when it equals the current one). ``baseline``: the
+        value before any recorded change (e.g. the label the bank file already holds), so that clearing it is a
+        change too."""
         if field not in FIELDS:
             raise NoiseCLRLabError(f"Unknown label field {field!r}; known: {', '.join(FIELDS)}.")
         value = str(value).strip()
@@ -69,21 +71,24 @@ class LabelStore:
             raise NoiseCLRLabError(f"A verdict is 'good', 'bad' or empty, got {value!r}.")
         if field == "label" and len(value) > 200:
             raise NoiseCLRLabError("A label is at most 200 characters.")
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            row = cur.execute("SELECT new_value FROM label_events WHERE bank_hash=? AND token=? AND field=? "
-                              "ORDER BY id DESC LIMIT 1", (bank_hash, token, field)).fetchone()
-            old = row[0] if row else None
-            if old == value or (old is None and value == ""):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT new_value FROM label_events WHERE bank_hash=? AND token=? AND field=? "
+                                  "ORDER BY id DESC LIMIT 1", (bank_hash, token, field)).fetchone()
+                old = row[0] if row else None
+                if value == (old if row else (baseline or "")):
+                    cur.execute("COMMIT")
+                    return False
+                cur.execute("INSERT INTO label_events (bank_hash, token, field, old_value, new_value, who, at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (bank_hash, token, field, old, value, who, time.time()))
                 cur.execute("COMMIT")
-                return False
-            cur.execute("INSERT INTO label_events (bank_hash, token, field, old_value, new_value, who, at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (bank_hash, token, field, old, value, who, time.time()))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:  # locked past the timeout, read-only or full disk
+            raise NoiseCLRLabError(f"Could not record the {field} of {token} in {self.path} ({e}).") from e
         return True
 
     def current(self, bank_hash: str) -> dict[str, dict[str, str]]:

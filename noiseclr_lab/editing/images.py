@@ -84,7 +84,7 @@ def decode_upload(data: bytes, name: str = "the upload", max_bytes: int = 10 * 1
     if len(data) > max_bytes:
         raise NoiseCLRLabError(f"{name} is {len(data) / 1e6:.1f} MB; at most {max_bytes / 1e6:.0f} MB are accepted.")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:  # no other decoder (e.g. PostScript)
             if img.width * img.height > max_pixels:
                 raise NoiseCLRLabError(f"{name} has {img.width} x {img.height} pixels; at most {max_pixels} are accepted.")
             img.load()

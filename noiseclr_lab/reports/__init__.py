@@ -24,6 +24,7 @@ from noiseclr_lab.store import RunDir
 __all__ = ["REPORT_SCHEMA", "ReportResult", "build_report", "fmt", "load_report", "report_schema", "validate_report"]
 
 HTML, JSON, MD, IMAGES = "report.html", "report.json", "report.md", "images"
+REPORT_ENTRIES = {HTML, JSON, MD, IMAGES}  # what a report folder holds (nothing else is ever replaced)
 
 
 @dataclass
@@ -75,8 +76,9 @@ def build_report(run: str | os.PathLike | RunDir, compare: Sequence[str | os.Pat
     t0 = time.perf_counter()
     run = run if isinstance(run, RunDir) else RunDir(run)
     folder = Path(out) if out is not None else run.report_dir
-    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / JSON).is_file())):
-        raise NoiseCLRLabError(f"{folder} exists and is not a report folder; choose another --out (a report "
+    if folder.is_symlink() or (folder.exists() and (not folder.is_dir()
+                                                     or not {p.name for p in folder.iterdir()} <= REPORT_ENTRIES)):
+        raise NoiseCLRLabError(f"{folder} exists and holds more than a report; choose another --out (a report "
                                "replaces its whole folder).")
     main = collect(run)
     data = main.data
@@ -95,19 +97,30 @@ def build_report(run: str | os.PathLike | RunDir, compare: Sequence[str | os.Pat
 
 
 def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a sibling temporary folder, then swap it in for ``folder``."""
+    """Write ``files`` into a fresh sibling temporary folder, then swap it in for ``folder``; if the swap fails
+    the previous folder is put back (a concurrent build of the same report loses, with one sentence)."""
+    import tempfile
+
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    moved = False
     try:
         for rel, blob in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)
         if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
+            os.replace(folder, old)  # onto the empty placeholder
+            moved = True
+        try:
+            os.replace(tmp, folder)
+        except OSError as e:
+            if moved and not folder.exists():
+                os.replace(old, folder)
+                moved = False
+            raise NoiseCLRLabError(f"Could not put the new report in place at {folder} ({e}); another build of it "
+                                   "may be running.") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

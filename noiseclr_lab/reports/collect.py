@@ -92,7 +92,7 @@ def _load_batch(path: Path) -> np.ndarray | None:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():  # a link could lead outside the run
         return None
     try:
         x = load_file(str(path))["images"]

@@ -10,6 +10,11 @@ import numpy as np
 DIVERGING = "RdBu_r"
 
 
+def _t(text) -> str:
+    """A label for matplotlib: "$" is a dollar sign, not the start of math."""
+    return str(text).replace("$", r"\$")
+
+
 # ---------------------------------------------------------------------------------------------- PNG (matplotlib)
 
 def _png(fig) -> bytes:
@@ -29,7 +34,7 @@ def locality_png(m: np.ndarray, vmax: float, title: str) -> bytes:
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="magma", vmin=0, vmax=vmax)
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
+    ax.set_title(_t(title), fontsize=8)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label("mean |change| (0-1)", fontsize=7)
     cb.ax.tick_params(labelsize=6)
@@ -44,10 +49,10 @@ def loss_png(runs: list[tuple[str, list, list, list | None]]) -> bytes:
     ax = fig.add_subplot()
     for name, steps, raw, smooth in runs:
         if smooth is None:
-            ax.plot(steps, raw, label=name)
+            ax.plot(steps, raw, label=_t(name))
         else:
-            ax.plot(steps, raw, alpha=0.3, label=f"{name} (raw)")
-            ax.plot(steps, smooth, label=f"{name} (smoothed)")
+            ax.plot(steps, raw, alpha=0.3, label=_t(f"{name} (raw)"))
+            ax.plot(steps, smooth, label=_t(f"{name} (smoothed)"))
     ax.set_xlabel("step"), ax.set_ylabel("contrastive loss")
     ax.legend(fontsize=7)
     return _png(fig)
@@ -65,14 +70,14 @@ def matrix_png(m, rows: list[str], cols: list[str], title: str, colour_label: st
     ax = fig.add_subplot()
     im = ax.imshow(a, cmap=DIVERGING if diverging else "viridis", vmin=-lim if diverging else 0, vmax=lim,
                    aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks(range(len(cols)), [_t(c) for c in cols], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [_t(r) for r in rows], fontsize=7)
     if values and a.size <= 400:
         for (r, c), v in np.ndenumerate(a):
             if np.isfinite(v):
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, ax=ax).set_label(colour_label)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_t(title), fontsize=9)
     return _png(fig)
 
 
@@ -82,7 +87,7 @@ def quality_png(runs: list[tuple[str, list[float]]]) -> bytes:
     fig = Figure(figsize=(6, 3))
     ax = fig.add_subplot()
     for name, q in runs:
-        ax.plot(range(1, len(q) + 1), q, marker="o", label=name)
+        ax.plot(range(1, len(q) + 1), q, marker="o", label=_t(name))
     ax.set_xlabel("direction rank"), ax.set_ylabel("quality score")
     ax.legend(fontsize=7)
     return _png(fig)

@@ -205,9 +205,14 @@ def render_html(data: dict, images: dict[str, bytes]) -> str:
 GT_COLUMNS = ("coverage", "modularity", "MIG", "DCI disentanglement", "active directions")  # of collect.GT_METRICS
 
 
+def _m(text) -> str:
+    """Text for Markdown: HTML-escaped (a token such as <d1> is not a tag), on one line."""
+    return html.escape(str(text), quote=False).replace("\n", " ").replace("\r", " ")
+
+
 def _md_table(rows: list[list], head: list[str]) -> str:
     def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return _m(v).replace("|", "\\|")
 
     return "\n".join(["| " + " | ".join(cell(c) for c in head) + " |", "|" + "---|" * len(head)]
                      + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]) + "\n"
@@ -217,7 +222,7 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
     """report.md and the extra PNG figures it shows (images/<name>.png; the cached-image PNGs are shared)."""
     figs: dict[str, bytes] = {}
     s = data["summary"]
-    out = [f"# Disentanglement report: {s['name']}\n", f"{s['base_model']} · {data['generated_by']} · "
+    out = [f"# Disentanglement report: {_m(s['name'])}\n", f"{_m(s['base_model'])} · {data['generated_by']} · "
            f"`{data['schema']}`\n"]
     if not s["analysis_current"]:
         out.append("> The bank changed since it was analysed: the numbers describe the directions as they were.\n")
@@ -232,13 +237,13 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
     out.append("\n## Directions\n\n" + data["quality_definition"] + "\n")
     by_token = {d["token"]: d for d in data["directions"]}
     for d in (by_token[t] for t in data["order"]):
-        out.append(f"\n### {d['token']}{' · ' + d['label'] if d['label'] else ''}: {d['suggested_label']}"
+        out.append(f"\n### {_m(d['token'])}{' · ' + _m(d['label']) if d['label'] else ''}: {_m(d['suggested_label'])}"
                    f"{'' if d['active'] else ' (inactive)'}\n\n")
         out.append(_md_table(_card_rows(d), ["", ""]))
         if d["strip"]:
-            out.append(f"\n![{d['token']} seeds x scales](images/{d['strip']['image']}.png)")
+            out.append(f"\n![{_m(d['token'])} seeds x scales](images/{d['strip']['image']}.png)")
         if d["locality"]:
-            out.append(f" ![{d['token']} locality](images/{d['locality']['image']}.png)")
+            out.append(f" ![{_m(d['token'])} locality](images/{d['locality']['image']}.png)")
         out.append("\n")
     r = data["rescoring"]
     figs["rescoring"] = F.matrix_png(r["matrix"], r["tokens"], r["attributes"], "CLIP re-scoring",
@@ -251,12 +256,12 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
                                             "column j added)", "interference")
         out.append("![interference](images/interference.png)\n")
         for ex in c["examples"]:
-            out.append(f"\n**{ex['kind']}**: {ex['i']} at {fmt(ex['scale_i'])} + {ex['j']} at {fmt(ex['scale_j'])} "
+            out.append(f"\n**{ex['kind']}**: {_m(ex['i'])} at {fmt(ex['scale_i'])} + {_m(ex['j'])} at {fmt(ex['scale_j'])} "
                        f"(interference {fmt(ex['interference_mean'])})\n")
             if ex["image"]:
                 out.append(f"\n![{ex['kind']}](images/{ex['image']}.png)\n")
     else:
-        out.append(f"No composition: {c['reason']}. Make it with `{c['make_with']}`.\n")
+        out.append(f"No composition: {_m(c['reason'])}. Make it with `{c['make_with']}`.\n")
     g = data["ground_truth"]
     out.append("\n## Ground truth\n\n")
     if g["available"]:
@@ -267,7 +272,7 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
         out.append(_md_table([[b["bank"]] + [f"{fmt(b[lab])} (raw {fmt(b['raw'][lab])})" for lab in labels]
                               for b in g["banks"]], ["bank"] + labels))
     else:
-        out.append(g["reason"] + (f". Make it with `{g['make_with']}`." if g.get("make_with") else ".") + "\n")
+        out.append(_m(g["reason"]) + (f". Make it with `{g['make_with']}`." if g.get("make_with") else ".") + "\n")
     cmp = data.get("compare")
     if cmp:
         rows = cmp["runs"]
