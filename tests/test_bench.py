@@ -71,3 +71,11 @@ def test_bench_compose_times_both_ways(tiny_analysed_run, capsys):
     assert bench_compose.main(["--run", str(tiny_analysed_run), "--steps", "3", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("official loop") == 3 and '"compose_s"' in out
+
+
+def test_bench_report_times_a_report(tiny_analysed_run, capsys):
+    import bench_report
+
+    assert bench_report.main(["--run", str(tiny_analysed_run), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "report of" in out and '"html_bytes"' in out
