@@ -1,4 +1,5 @@
-"""Atomic writes: a temporary sibling, then ``os.replace`` over the target, so a kill never leaves half a file.
+"""Atomic writes: a temporary sibling, then ``os.replace`` over the target, so a kill never leaves half a file;
+and the one JSON reader whose failures are one sentence.
 
 Every file noiseclr_lab writes goes through here (base layer: imports only ``errors``); see docs/design.md.
 """
@@ -23,6 +24,21 @@ def atomic_target(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, remedy: str = ""):
+    """The JSON value in ``path``; a missing, unreadable or damaged file is one NoiseCLRLabError sentence
+    (ending with ``remedy``, e.g. the command that remakes it)."""
+    from noiseclr_lab.errors import NoiseCLRLabError
+
+    path = Path(path)
+    tail = f"; {remedy}." if remedy else "."
+    if not path.is_file():
+        raise NoiseCLRLabError(f"{path} is missing{tail}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NoiseCLRLabError(f"{path} is damaged ({e}){tail}") from e
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -6,14 +6,13 @@ pixels (on the same device and dtype)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import write_json_atomic
+from noiseclr_lab.fileio import read_json, write_json_atomic
 
 RECIPE_SCHEMA = "noiseclr_lab.recipe/1"
 
@@ -85,12 +84,7 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NoiseCLRLabError(f"{path} is not a readable recipe ({e}).") from e
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(Path(path)), str(path))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

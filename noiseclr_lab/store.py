@@ -24,9 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import write_json_atomic, write_text_atomic
+from noiseclr_lab.fileio import read_json, write_json_atomic, write_text_atomic
 
 SWEEP_KEY_VERSION = 2  # bump when what a sweep's images depend on changes (2: model = spec#fingerprint)
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """``path`` (relative to ``root``, or absolute) resolved, links followed; None when it lies outside ``root``."""
+    root = Path(root).resolve()
+    full = (root / path).resolve()
+    return full if full == root or root in full.parents else None
 
 
 class RunDir:
@@ -114,12 +121,7 @@ class RunDir:
 
     def read_config(self) -> dict:
         """config.json as written by the trainer; missing or damaged is a one-line error."""
-        if not self.config_path.is_file():
-            raise NoiseCLRLabError(f"{self.config_path} is missing.")
-        try:
-            return json.loads(self.config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NoiseCLRLabError(f"{self.config_path} is damaged: {e}") from e
+        return read_json(self.config_path)
 
     def reset_metrics(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -6,18 +6,22 @@ through ``..`` or a symbolic link, is refused with one sentence.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.store import RunDir
+from noiseclr_lab.store import RunDir, inside
 
 LABELS_DB = "labels.sqlite"
 UPLOADS = ".uploads"  # images uploaded to the dashboard (recipes refer to them)
 RECENT_S = 600  # a run whose metrics changed this recently and whose training is unfinished is "in progress"
+
+
+def _recent(path: Path) -> bool:
+    """``path`` exists and changed in the last ``RECENT_S`` seconds."""
+    return path.is_file() and time.time() - path.stat().st_mtime < RECENT_S
 
 
 @dataclass
@@ -42,9 +46,8 @@ class Workspace:
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """``path`` (relative to the workspace, or absolute) resolved; refused when it lies outside."""
-        p = Path(path)
-        full = (p if p.is_absolute() else self.root / p).resolve()
-        if full != self.root and self.root not in full.parents:
+        full = inside(self.root, path)
+        if full is None:
             raise NoiseCLRLabError(f"{path} lies outside the workspace {self.root}; the dashboard reads and writes "
                                    "only inside it.")
         return full
@@ -101,20 +104,19 @@ class Workspace:
         cfg = {}
         if run.config_path.is_file():
             try:
-                cfg = json.loads(run.config_path.read_text()).get("config", {})
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # being written: judged by its metrics
+                cfg = run.read_config().get("config", {})
+            except NoiseCLRLabError:  # being written: judged by its metrics
                 cfg = {}
         total = cfg.get("steps")
         total = int(total) if total is not None else None
         base = cfg.get("model")
-        recent = run.metrics_path.is_file() and time.time() - run.metrics_path.stat().st_mtime < RECENT_S
         finished = total is None or steps_done >= total
         trained = run.directions_path.is_file()
         if not trained or not finished:
-            status = "in progress" if recent or (not trained and not run.metrics_path.is_file()
-                                                and run.config_path.is_file()
-                                                and time.time() - run.config_path.stat().st_mtime < RECENT_S) \
-                else "stopped"
+            # written to lately, or just started (a config, no bank or metrics yet): a process is at work on it
+            busy = _recent(run.metrics_path) or (not trained and not run.metrics_path.is_file()
+                                                 and _recent(run.config_path))
+            status = "in progress" if busy else "stopped"
         elif (run.report_dir / "report.json").is_file():
             status = "reported"
         elif (run.analysis_dir / RunDir.ANALYSIS_JSON).is_file():

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.fileio import read_json
 from noiseclr_lab.reports.collect import REPORT_SCHEMA, collect, comparison, fmt
 from noiseclr_lab.store import RunDir
 
@@ -58,12 +59,7 @@ def validate_report(data: dict) -> dict:
 
 def load_report(path: str | os.PathLike) -> dict:
     """A report.json read back and validated."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NoiseCLRLabError(f"{path} is not a readable report.json ({e}).") from e
-    return validate_report(data)
+    return validate_report(read_json(path))
 
 
 def build_report(run: str | os.PathLike | RunDir, compare: Sequence[str | os.PathLike | RunDir] = (),

@@ -8,7 +8,6 @@ images it refers to by name (``images/<name>.png`` beside report.json).
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from noiseclr_lab.analysis.clipanalysis import SCHEMA as ANALYSIS_SCHEMA
 from noiseclr_lab.analysis.groundtruth import GT_SCHEMA
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.store import RunDir
+from noiseclr_lab.fileio import read_json
+from noiseclr_lab.store import RunDir, inside
 
 REPORT_SCHEMA = "noiseclr_lab.report/1"
 STRIP_SEEDS = 4  # rows of a direction's seeds x scales strip and of a composition example
@@ -59,10 +59,7 @@ def fmt(v) -> str:
 
 
 def _read_json(path: Path, what: str, schema: str, remedy: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise NoiseCLRLabError(f"{path} is damaged ({e}); {remedy}.") from e
+    data = read_json(path, remedy)
     if not isinstance(data, dict) or data.get("schema") != schema:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise NoiseCLRLabError(f"{path} is not a {what} this version reads (schema {found!r}, expected {schema!r}); "
@@ -72,13 +69,8 @@ def _read_json(path: Path, what: str, schema: str, remedy: str) -> dict:
 
 def _inside(run: RunDir, rel: str | None) -> Path | None:
     """A folder named in a run's JSON, relative to the run; None when absent or when it resolves outside."""
-    if not rel:
-        return None
-    path = (run.path / rel).resolve()
-    root = run.path.resolve()
-    if path != root and root not in path.parents:
-        return None
-    return path if path.is_dir() else None
+    path = inside(run.path, rel) if rel else None
+    return path if path is not None and path.is_dir() else None
 
 
 def _png(img) -> bytes:
