@@ -39,7 +39,7 @@ from noiseclr_lab.analysis.readers import ProbeReader, Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
-from noiseclr_lab.editing import EditPipeline, default_edit_start
+from noiseclr_lab.editing import EditPipeline, default_edit_start, resolve_edits
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
@@ -156,6 +156,13 @@ def bank_domain(bank: DirectionBank) -> str | None:
     return _toy_domain(str(bank.training_config.get("data", ""))) or _toy_domain(bank.base_model)
 
 
+def default_prompt(bank: DirectionBank) -> str:
+    """The prompt a bank's images are made with unless one is given: its toy domain's head ("a cartoon face"),
+    else the empty prompt."""
+    domain = bank_domain(bank)
+    return get_domain(domain).prefix if domain else ""
+
+
 @dataclass
 class AnalysisResult:
     """What ``analyze`` wrote and found."""
@@ -220,7 +227,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     domain = bank_domain(bank)
     vocabulary = load_vocabulary(vocab if vocab is not None else (f"toy:{domain}" if domain else "faces"))
     if prompt is None:
-        prompt = get_domain(domain).prefix if domain else ""
+        prompt = default_prompt(bank)
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, edit_start=edit_start)
     if not 0 < calibration_target <= 1:
@@ -386,14 +393,8 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
     if recipe.bank_hash and bank.content_hash() != recipe.bank_hash:
         raise NoiseCLRLabError(f"{recipe.bank} changed since the recipe was made (its directions differ); the edit "
                                "would not be the same.")
-    for name in list(recipe.edits) + list(recipe.windows):
-        bank.index(name)  # unknown names fail before any work
-    if recipe.calibrated:
-        for name in recipe.edits:
-            k = bank.index(name)
-            if bank.calibrated_scales[k] is None:
-                raise NoiseCLRLabError(f"Direction {bank.tokens[k]} has no calibrated scale; run `noiseclr-lab analyze` "
-                                       "on its run first.")
+    # names, windows and calibrated scales are checked as the pipeline will resolve them, before any model loads
+    resolve_edits(bank, recipe.edits, recipe.windows, recipe.steps, recipe.edit_start, recipe.calibrated)
     if recipe.image is not None:
         if not Path(recipe.image).is_file():
             raise NoiseCLRLabError(f"The recipe's image {recipe.image} does not exist.")
@@ -436,7 +437,7 @@ def preview_strip(run: str | os.PathLike | RunDir, token: str, scales: Sequence[
     if pipe is None:
         pipe = load_pipeline(bank.base_model, device=device)
     ep = EditPipeline(pipe, bank)
-    prompt = get_domain(bank_domain(bank)).prefix if bank_domain(bank) else ""
+    prompt = default_prompt(bank)
     start = default_edit_start(num_inference_steps)
     cols = []
     for n, scale in enumerate(scales):

@@ -15,8 +15,7 @@ from common import MAX_UPLOAD_MB, guard, pick_run, pipeline, workspace  # noqa: 
 from noiseclr_lab.directions import DirectionBank  # noqa: E402
 from noiseclr_lab.editing.images import decode_upload  # noqa: E402
 from noiseclr_lab.recipe import Recipe, file_sha256  # noqa: E402
-from noiseclr_lab.toyworld import get_domain  # noqa: E402
-from noiseclr_lab.workflows import apply_recipe, bank_domain  # noqa: E402
+from noiseclr_lab.workflows import apply_recipe, default_prompt  # noqa: E402
 
 st.title("Compose")
 ws = workspace()
@@ -40,8 +39,7 @@ with left:
                              help="the calibrated scale (from `analyze`) is the edit that reaches a common attribute "
                                   "change") and calibrated_ok
     c1, c2, c3, c4 = st.columns(4)
-    domain = bank_domain(bank)
-    prompt = c1.text_input("Prompt", value=get_domain(domain).prefix if domain else "", key="compose_prompt")
+    prompt = c1.text_input("Prompt", value=default_prompt(bank), key="compose_prompt")
     seed = c2.number_input("Seed", value=0, step=1, key="compose_seed")
     steps = c3.number_input("Steps", min_value=2, max_value=200, value=15, step=1, key="compose_steps")
     guidance = c4.number_input("Guidance", min_value=0.0, max_value=30.0, value=3.0, step=0.5, key="compose_guidance")

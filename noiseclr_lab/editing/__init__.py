@@ -10,7 +10,8 @@ from noiseclr_lab.editing.pipeline import (
     Inversion,
     ddim_scheduler,
     default_edit_start,
+    resolve_edits,
 )
 
 __all__ = ["EDIT_WARMUP", "EditOutput", "EditPipeline", "Inversion", "compose_grid", "ddim_scheduler",
-           "default_edit_start", "edit_grid", "invert", "label_font", "prepare_image"]
+           "default_edit_start", "edit_grid", "invert", "label_font", "prepare_image", "resolve_edits"]

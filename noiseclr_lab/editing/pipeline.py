@@ -69,6 +69,49 @@ def ddim_scheduler(pipe) -> DDIMScheduler:
     return DDIMScheduler.from_config(pipe.scheduler.config)
 
 
+def resolve_edits(bank, edits: dict | None, windows: dict | None, steps: int, edit_start: int = 0,
+                  calibrated: bool = False) -> dict:
+    """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows.
+    Edits without a window of their own are active on [edit_start, steps). With ``calibrated`` each scale
+    multiplies the direction's calibrated scale (``bank.calibrated_scales``, written by ``analyze``). Needs only the
+    bank: a job can check its edits before it loads a model."""
+    edits = dict(edits or {})
+    windows = dict(windows or {})
+    if (edits or windows) and bank is None:
+        raise NoiseCLRLabError("Edits were requested but the EditPipeline has no direction bank.")
+    if not 0 <= edit_start <= steps:
+        raise NoiseCLRLabError(f"edit_start {edit_start} is outside [0, {steps}] steps.")
+    out = {}
+    for name, scale in edits.items():
+        k = bank.index(name)
+        tok = bank.tokens[k]
+        if tok in out:
+            raise NoiseCLRLabError(f"Direction {tok} is named twice in edits.")
+        try:  # one number, or one number per image (a sweep in one batch)
+            scale = float(scale) if not isinstance(scale, (list, tuple, torch.Tensor)) else [float(v) for v in scale]
+        except (TypeError, ValueError):
+            raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number or a list of numbers, got {scale!r}.") from None
+        if calibrated:
+            unit = bank.calibrated_scales[k]
+            if unit is None:
+                raise NoiseCLRLabError(f"Direction {tok} has no calibrated scale; run `noiseclr-lab analyze` on its "
+                                       "run first (it stores them in the bank).")
+            scale = [v * unit for v in scale] if isinstance(scale, list) else scale * unit
+        out[tok] = {"scale": scale, "window": (edit_start, steps), "label": bank.labels[k]}
+    for name, win in windows.items():
+        tok = bank.tokens[bank.index(name)]
+        if tok not in out:
+            raise NoiseCLRLabError(f"Window given for {name!r}, which is not among the edits.")
+        try:
+            start, end = (int(win[0]), int(win[1]))
+        except (TypeError, ValueError, IndexError):
+            raise NoiseCLRLabError(f"Window for {name!r} must be (start, end), got {win!r}.") from None
+        if not 0 <= start <= end <= steps:
+            raise NoiseCLRLabError(f"Window {win} for {name!r} is outside [0, {steps}] steps.")
+        out[tok]["window"] = (start, end)
+    return out
+
+
 class EditPipeline:
     """Generate or edit images with any number of directions, each with its own scale and step window.
 
@@ -112,44 +155,8 @@ class EditPipeline:
 
     def resolve_edits(self, edits: dict | None, windows: dict | None, steps: int, edit_start: int = 0,
                       calibrated: bool = False) -> dict:
-        """{name: scale} + {name: (start, end)} -> {token: {"scale", "window", "label"}}; validates names and windows.
-        Edits without a window of their own are active on [edit_start, steps). With ``calibrated`` each scale
-        multiplies the direction's calibrated scale (``bank.calibrated_scales``, written by ``analyze``)."""
-        edits = dict(edits or {})
-        windows = dict(windows or {})
-        if (edits or windows) and self.bank is None:
-            raise NoiseCLRLabError("Edits were requested but the EditPipeline has no direction bank.")
-        if not 0 <= edit_start <= steps:
-            raise NoiseCLRLabError(f"edit_start {edit_start} is outside [0, {steps}] steps.")
-        out = {}
-        for name, scale in edits.items():
-            k = self.bank.index(name)
-            tok = self.bank.tokens[k]
-            if tok in out:
-                raise NoiseCLRLabError(f"Direction {tok} is named twice in edits.")
-            try:  # one number, or one number per image (a sweep in one batch)
-                scale = float(scale) if not isinstance(scale, (list, tuple, torch.Tensor)) else [float(v) for v in scale]
-            except (TypeError, ValueError):
-                raise NoiseCLRLabError(f"Edit scale for {name!r} must be a number or a list of numbers, got {scale!r}.") from None
-            if calibrated:
-                unit = self.bank.calibrated_scales[k]
-                if unit is None:
-                    raise NoiseCLRLabError(f"Direction {tok} has no calibrated scale; run `noiseclr-lab analyze` on its "
-                                           "run first (it stores them in the bank).")
-                scale = [v * unit for v in scale] if isinstance(scale, list) else scale * unit
-            out[tok] = {"scale": scale, "window": (edit_start, steps), "label": self.bank.labels[k]}
-        for name, win in windows.items():
-            tok = self.bank.tokens[self.bank.index(name)]
-            if tok not in out:
-                raise NoiseCLRLabError(f"Window given for {name!r}, which is not among the edits.")
-            try:
-                start, end = (int(win[0]), int(win[1]))
-            except (TypeError, ValueError, IndexError):
-                raise NoiseCLRLabError(f"Window for {name!r} must be (start, end), got {win!r}.") from None
-            if not 0 <= start <= end <= steps:
-                raise NoiseCLRLabError(f"Window {win} for {name!r} is outside [0, {steps}] steps.")
-            out[tok]["window"] = (start, end)
-        return out
+        """``resolve_edits`` with this pipeline's bank."""
+        return resolve_edits(self.bank, edits, windows, steps, edit_start, calibrated)
 
     def check_inputs(self, prompt, num_inference_steps, guidance_scale, output_type, latents, batch) -> None:
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
