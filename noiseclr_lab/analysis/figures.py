@@ -9,12 +9,21 @@ import numpy as np
 from noiseclr_lab.fileio import atomic_target
 
 
-def _save(fig, path: Path) -> Path:
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """A matplotlib Figure (object API, no pyplot) rendered as PNG."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _save(fig, path: Path) -> Path:
     with atomic_target(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        tmp.write_bytes(png_bytes(fig))
     return Path(path)
 
 

@@ -235,20 +235,14 @@ def _composition(run: RunDir, analysis: dict, images: dict[str, bytes] | None) -
             picked.append(("most interfering", pairs[-1]))
     cache = _inside(run, comp.get("cache"))
     examples = []
-    base = _load_batch(cache / "base.safetensors") if cache is not None else None
     for kind, (v, i, j) in picked:
         ex = {"kind": kind, "i": tokens[i], "j": tokens[j], "scale_i": comp["scales"][i], "scale_j": comp["scales"][j],
               "interference_i_by_j": comp["interference"][i][j], "interference_j_by_i": comp["interference"][j][i],
               "interference_mean": round(v, 5), "image": None}
-        if cache is not None and base is not None and images is not None:
-            xi, xj = _load_batch(cache / f"a{i:03d}.safetensors"), _load_batch(cache / f"a{j:03d}.safetensors")
-            xp = _load_batch(cache / f"p{i:03d}_{j:03d}.safetensors")
-            if xi is not None and xj is not None and xp is not None:
-                n = min(len(base), STRIP_SEEDS)
-                name = f"pair-{i:03d}-{j:03d}"
-                images[name] = _grid([[base[s], xi[s], xj[s], xp[s]] for s in range(n)], [f"seed {s}" for s in range(n)],
-                                     ["unedited", tokens[i], tokens[j], f"{tokens[i]}+{tokens[j]}"])
-                ex["image"] = name
+        png = _pair_png(cache, tokens, i, j) if images is not None else None
+        if png is not None:
+            ex["image"] = f"pair-{i:03d}-{j:03d}"
+            images[ex["image"]] = png
         examples.append(ex)
     return {"available": True, "tokens": tokens, "scales": comp["scales"], "interference": comp["interference"],
             "additivity": comp["additivity"], "overlap_pixels": comp["overlap_pixels"],
@@ -268,7 +262,12 @@ def composition_pair(run: str | Path | RunDir, i: str, j: str) -> bytes | None:
     if i not in tokens or j not in tokens or i == j:
         return None
     a, b = sorted((tokens.index(i), tokens.index(j)))
-    cache = _inside(run, comp.get("cache"))
+    return _pair_png(_inside(run, comp.get("cache")), tokens, a, b)
+
+
+def _pair_png(cache: Path | None, tokens: list[str], a: int, b: int) -> bytes | None:
+    """Rows: seeds; columns: unedited, member a alone, member b alone, both (a < b), from a composition cache
+    (``composition.composition_runs`` names its batches); None when a batch is not there."""
     if cache is None:
         return None
     batches = [_load_batch(cache / f"{n}.safetensors") for n in ("base", f"a{a:03d}", f"a{b:03d}", f"p{a:03d}_{b:03d}")]

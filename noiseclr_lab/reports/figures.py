@@ -3,9 +3,9 @@ are labelled) and PNG (matplotlib's object API) for the Markdown."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from noiseclr_lab.analysis.figures import png_bytes
 
 DIVERGING = "RdBu_r"
 
@@ -18,12 +18,7 @@ def _t(text) -> str:
 # ---------------------------------------------------------------------------------------------- PNG (matplotlib)
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def locality_png(m: np.ndarray, vmax: float, title: str) -> bytes:

@@ -70,6 +70,14 @@ def _kv(d: dict) -> list[list]:
     return [[k, one(v)] for k, v in d.items()]
 
 
+GT_COLUMNS = ("coverage", "modularity", "MIG", "DCI disentanglement", "active directions")  # of collect.GT_METRICS
+
+
+def _gt_rows(g: dict) -> list[list[str]]:
+    """One row per scored bank: each ground-truth measure shrunk, with its raw value beside it."""
+    return [[b["bank"]] + [f"{fmt(b[lab])} (raw {fmt(b['raw'][lab])})" for lab in GT_COLUMNS] for b in g["banks"]]
+
+
 def _card_rows(d: dict) -> list[list]:
     return [["quality", fmt(d["quality"])], ["reach / selectivity / consistency",
                                              f"{fmt(d['reach'])} / {fmt(d['selectivity'])} / {fmt(d['consistency'])}"],
@@ -172,9 +180,7 @@ def render_html(data: dict, images: dict[str, bytes]) -> str:
         h.add(h.plot(F.heatmap_figure(g["effect"], g["tokens"], g["factors"], f"Effect of each direction on each "
                                       f"{g['domain']} factor (toy probe)", "effect (probability change)",
                                       diverging=False)))
-        labels = list(GT_COLUMNS)
-        h.add(_table([[b["bank"]] + [f"{fmt(b[lab])} (raw {fmt(b['raw'][lab])})" for lab in labels]
-                      for b in g["banks"]], ["bank"] + labels))
+        h.add(_table(_gt_rows(g), ["bank", *GT_COLUMNS]))
         h.add(f'<p class="note">{_e(g["metrics_note"])}; active threshold {fmt(g["threshold"])}.</p>')
     else:
         h.add(f'<p class="note">{_e(g["reason"])}' + (f'. Make it with <code>{_e(g["make_with"])}</code>.'
@@ -200,9 +206,6 @@ def render_html(data: dict, images: dict[str, bytes]) -> str:
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style>"
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>")
     return head + "".join(h.parts) + "</body></html>"
-
-
-GT_COLUMNS = ("coverage", "modularity", "MIG", "DCI disentanglement", "active directions")  # of collect.GT_METRICS
 
 
 def _m(text) -> str:
@@ -268,9 +271,7 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
         figs["gt_effect"] = F.matrix_png(g["effect"], g["tokens"], g["factors"], "Effect per factor (toy probe)",
                                          "effect", diverging=False)
         out.append("![ground-truth effects](images/gt_effect.png)\n\n")
-        labels = list(GT_COLUMNS)
-        out.append(_md_table([[b["bank"]] + [f"{fmt(b[lab])} (raw {fmt(b['raw'][lab])})" for lab in labels]
-                              for b in g["banks"]], ["bank"] + labels))
+        out.append(_md_table(_gt_rows(g), ["bank", *GT_COLUMNS]))
     else:
         out.append(_m(g["reason"]) + (f". Make it with `{g['make_with']}`." if g.get("make_with") else ".") + "\n")
     cmp = data.get("compare")
