@@ -24,6 +24,29 @@ def _to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
     return Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
 
 
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    """EXIF rotation applied; palette, grayscale, CMYK and 16-bit modes converted to RGB; transparency
+    composited onto white. Each step recorded in ``notes``."""
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"applied EXIF orientation {orientation}")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img, notes)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        notes.append("expanded palette image")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+        notes.append("composited transparency onto white")
+    if img.mode != "RGB":
+        notes.append(f"converted {img.mode} to RGB")
+        img = img.convert("RGB")
+    return img
+
+
 def prepare_image(image, size: int) -> tuple[Image.Image, list[str]]:
     """Load and convert ``image`` (a path, PIL image or HxW[xC] uint8 array) to a ``size`` x ``size`` RGB image.
 
@@ -46,23 +69,7 @@ def prepare_image(image, size: int) -> tuple[Image.Image, list[str]]:
         img = image
     else:
         raise NoiseCLRLabError(f"Expected an image path, PIL image or array, got {type(image).__name__}.")
-    orientation = img.getexif().get(0x0112, 1)
-    if orientation != 1:
-        img = ImageOps.exif_transpose(img)
-        notes.append(f"applied EXIF orientation {orientation}")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        img = _to_8bit(img, notes)
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        notes.append("expanded palette image")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba).convert("RGB")
-        notes.append("composited transparency onto white")
-    if img.mode != "RGB":
-        notes.append(f"converted {img.mode} to RGB")
-        img = img.convert("RGB")
+    img = _to_rgb(img, notes)
     w, h = img.size
     if w != h:
         s = min(w, h)
@@ -88,6 +95,7 @@ def decode_upload(data: bytes, name: str = "the upload", max_bytes: int = 10 * 1
             if img.width * img.height > max_pixels:
                 raise NoiseCLRLabError(f"{name} has {img.width} x {img.height} pixels; at most {max_pixels} are accepted.")
             img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
+            rgb = _to_rgb(img, [])  # converted as prepare_image converts files (transparency onto white)
+            return rgb.copy() if rgb is img else rgb  # the opened image is closed when the block ends
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise NoiseCLRLabError(f"{name} is not a readable image ({type(e).__name__}).") from e
