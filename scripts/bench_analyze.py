@@ -131,10 +131,7 @@ def cross_domain_check(run: Path, gt: dict, analysis: dict, device: str = "cpu",
     members = [bank.tokens.index(t) for t in comp["tokens"]]
     pipe = load_pipeline(bank.base_model, device=device)
     reader = ProbeReader(load_probe(gt["domain"], device=pipe.device))
-    st = analysis["settings"]
-    settings = SweepSettings(scales=tuple(st["scales"]), seeds=st["seeds"], prompt=st["prompt"],
-                             num_inference_steps=st["num_inference_steps"], guidance_scale=st["guidance_scale"],
-                             edit_start=st["edit_start"])
+    settings = SweepSettings.from_dict(analysis["settings"])
     res = composition_analysis(pipe, bank, reader, settings, members, comp["scales"], progress=False, return_arrays=True)
     arr = res["arrays"]
     cols = {f: [] for f in reader.values}
@@ -196,10 +193,7 @@ def composition_timing(run: Path, analysis: dict, k: int, device: str = "cpu") -
     bank = DirectionBank.load(run / "directions.safetensors")
     pipe = load_pipeline(bank.base_model, device=device)
     reader = ClipReader(load_clip_model(analysis["clip"], device=device), Vocabulary(**analysis["vocabulary"]))
-    st = analysis["settings"]
-    settings = SweepSettings(scales=tuple(st["scales"]), seeds=st["seeds"], prompt=st["prompt"],
-                             num_inference_steps=st["num_inference_steps"], guidance_scale=st["guidance_scale"],
-                             edit_start=st["edit_start"])
+    settings = SweepSettings.from_dict(analysis["settings"])
     own = [analysis["attributes"].index(dirs[i]["suggested_label"]) for i in members]
     t0 = time.perf_counter()
     res = composition_analysis(pipe, bank, reader, settings, members, scales, own, progress=True)

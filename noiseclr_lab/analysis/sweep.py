@@ -59,6 +59,14 @@ class SweepSettings:
                 "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
                 "edit_start": self.edit_start}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepSettings:
+        """The settings ``as_dict`` wrote (e.g. ``analysis.json["settings"]``; other keys such as noise_z are
+        ignored)."""
+        return cls(scales=tuple(d["scales"]), seeds=d["seeds"], prompt=d["prompt"],
+                   num_inference_steps=d["num_inference_steps"], guidance_scale=d["guidance_scale"],
+                   edit_start=d["edit_start"])
+
 
 @dataclass
 class SweepReading:
