@@ -86,24 +86,27 @@ def calibration_check(run: Path, gt: dict, fixed: tuple[float, ...] = (3.0, 6.0)
     active = [(k, d["main_factor"]) for k, d in enumerate(gt["banks"]["trained"]["directions"]) if d["active"]]
     signs = {k: (1.0 if (bank.calibrated_scales[k] or 1.0) > 0 else -1.0) for k, _ in active}
 
-    def effects(scale_of) -> list[float]:
-        out = []
+    def effects(scale_of) -> tuple[list[float], list[float]]:  # (shrunk, raw) main-factor effect per direction
+        shrunk, raw = [], []
         for k, factor in active:
             imgs = ep([s["prompt"]] * S, edits={bank.tokens[k]: scale_of(k)}, edit_start=s["edit_start"],
                       generator=gens(), **common).images
-            shrunk, _ = probe_effect(probe.predict(imgs).probs[factor][None], base[factor])
-            out.append(float(shrunk[0]))
-        return out
+            e_shrunk, e_raw = probe_effect(probe.predict(imgs).probs[factor][None], base[factor])
+            shrunk.append(float(e_shrunk[0]))
+            raw.append(float(e_raw[0]))
+        return shrunk, raw
 
     def cv(values) -> float:
         v = np.asarray(values)
         return float(v.std() / v.mean()) if v.mean() > 0 else float("inf")
 
-    res = {"calibrated": effects(lambda k: bank.calibrated_scales[k])}
+    both = {"calibrated": effects(lambda k: bank.calibrated_scales[k])}
     for f in fixed:
-        res[f"fixed_{f:g}"] = effects(lambda k, f=f: signs[k] * f)
-    return {"cv": {name: cv(v) for name, v in res.items()}, "effects": res,
-            "scales": {bank.tokens[k]: bank.calibrated_scales[k] for k, _ in active}}
+        both[f"fixed_{f:g}"] = effects(lambda k, f=f: signs[k] * f)
+    res = {name: v[0] for name, v in both.items()}
+    raw = {name: v[1] for name, v in both.items()}
+    return {"cv": {name: cv(v) for name, v in res.items()}, "cv_raw": {name: cv(v) for name, v in raw.items()},
+            "effects": res, "effects_raw": raw, "scales": {bank.tokens[k]: bank.calibrated_scales[k] for k, _ in active}}
 
 
 FACE_FACTORS = ("skin", "hair", "expression", "glasses", "eyes")  # the face's own factors in toy scenes
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
         fixed = {k: v for k, v in cal["cv"].items() if k != "calibrated"}
         print(f"calibration: CV of the probe's main-factor effect over active directions {cal['cv']['calibrated']:.3f} "
               f"at calibrated scales vs " + ", ".join(f"{v:.3f} at |scale| {k[6:]}" for k, v in fixed.items())
-              + " (target: at most half of a fixed scale's)")
+              + " (target: at most half of a fixed scale's); raw means: "
+              + ", ".join(f"{k}: {v:.3f}" for k, v in cal["cv_raw"].items()))
     if args.cross_domain:
         cd = cross_domain_check(args.run, gt, analysis, device=args.device)
         result["cross_domain"] = cd
