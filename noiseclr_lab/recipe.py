@@ -31,7 +31,7 @@ class Recipe:
     guidance: float = 7.5
     seed: int = 0
     image: str | None = None  # a real image to edit (inverted first) instead of a seed
-    inversion: str = "ddim"  # ddim or null-text
+    inversion: str = "ddim"  # ddim, null-text or null-text-p2p
     bank_hash: str | None = None  # the bank's content hash when the recipe was made (checked on replay)
     image_sha256: str | None = None  # the image file's hash (checked on replay)
 
@@ -58,8 +58,8 @@ class Recipe:
         if self.steps < 1 or not 0 <= self.edit_start < self.steps:
             raise NoiseCLRLabError(f"A recipe needs steps >= 1 and 0 <= edit_start < steps, got {self.steps} and "
                                    f"{self.edit_start}.")
-        if self.inversion not in ("ddim", "null-text"):
-            raise NoiseCLRLabError(f"Unknown inversion {self.inversion!r}; use ddim or null-text.")
+        if self.inversion not in ("ddim", "null-text", "null-text-p2p"):
+            raise NoiseCLRLabError(f"Unknown inversion {self.inversion!r}; use ddim, null-text or null-text-p2p.")
 
     def as_dict(self) -> dict:
         return {"schema": RECIPE_SCHEMA} | asdict(self)

@@ -42,6 +42,8 @@ class RunDir:
     CONFIG = "config.json"
     DIRECTIONS = "directions.safetensors"
     INITIAL_DIRECTIONS = "initial_directions.safetensors"
+    ALL_DIRECTIONS = "directions_all.safetensors"  # a run with selection: every trained direction
+    SELECTION_JSON = "selection.json"  # a run with selection: which directions were kept and why
     METRICS = "metrics.jsonl"
     CHECKPOINTS = "checkpoints"
     VALIDATION = "validation"
@@ -73,6 +75,14 @@ class RunDir:
     @property
     def initial_directions_path(self) -> Path:
         return self.path / self.INITIAL_DIRECTIONS
+
+    @property
+    def all_directions_path(self) -> Path:
+        return self.path / self.ALL_DIRECTIONS
+
+    @property
+    def selection_path(self) -> Path:
+        return self.path / self.SELECTION_JSON
 
     @property
     def metrics_path(self) -> Path:

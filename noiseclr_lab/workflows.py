@@ -91,6 +91,48 @@ class GTResult:
         return "\n".join(lines)
 
 
+def train_run(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = None,
+              progress: bool = True) -> RunDir:
+    """Train directions as ``cfg`` says (``training.train``) and, with ``cfg.select`` > 0, keep the strongest
+    distinct ones (``select_run``). In a multi-process launch only the main process selects."""
+    run = RunDir(train(cfg, resume=resume))
+    if cfg.select and int(os.environ.get("RANK", "0")) == 0:
+        select_run(run, cfg, log=log, progress=progress)
+    return run
+
+
+def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, log: Callable[[str], None] | None = None,
+               progress: bool = True):
+    """Keep ``cfg.select`` of a trained run's directions (``analysis.selection``; ``cfg`` defaults to the run's
+    own config). The run's last checkpoint holds every trained direction: they go to
+    ``directions_all.safetensors``, the kept ones (original tokens, strongest first) to
+    ``directions.safetensors``, the scores to ``selection.json``. Returns the ``Selection``."""
+    from noiseclr_lab.analysis.selection import select_directions
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    cfg = cfg or TrainConfig.from_dict(run.read_config()["config"])
+    if not cfg.select:
+        raise NoiseCLRLabError(f"{run.path}: its config keeps every direction (select = 0); nothing to select.")
+    ck = run.latest_checkpoint()
+    if ck is None:
+        raise NoiseCLRLabError(f"{run.path} has no checkpoint to select directions from; train it first.")
+    full = DirectionBank.load(ck / RunDir.DIRECTIONS)
+    say = log or (lambda _msg: None)
+    say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
+        f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
+    device = cfg.device or None
+    pipe = load_pipeline(cfg.model, device=device)
+    clip_model = load_clip_model(cfg.select_clip, device=pipe.device)
+    settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
+                             prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
+                             guidance_scale=cfg.validation_guidance)
+    sel = select_directions(pipe, full, clip_model, cfg.select, settings, progress=progress)
+    full.save(run.all_directions_path)
+    write_json_atomic(run.selection_path, sel.as_dict())
+    full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)
+    return sel
+
+
 def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *, reader: Reader | None = None,
                 seeds: int = 12, scales: Sequence[float] = DEFAULT_SCALES, num_inference_steps: int = 15,
                 prompt: str | None = None, guidance_scale: float = 3.0,
@@ -406,7 +448,7 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
     inversion = None
     if recipe.image is not None:
         inversion = invert(pipe, recipe.image, num_inference_steps=recipe.steps, method=recipe.inversion,
-                           progress=progress)
+                           progress=progress, prompt=recipe.prompt if recipe.inversion == "null-text-p2p" else "")
     out = ep(recipe.prompt, edits=recipe.edits, windows=recipe.windows, edit_start=recipe.edit_start,
              calibrated=recipe.calibrated, generator=torch.Generator().manual_seed(recipe.seed), inversion=inversion,
              num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, negative_prompt=recipe.negative_prompt)
@@ -491,7 +533,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     cfg = TrainConfig.from_dict(values)
     say(f"[1/5] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
         f"({cfg.steps} steps)")
-    run = RunDir(train(cfg, resume=bool(RunDir(cfg.out).checkpoints())))
+    run = train_run(cfg, resume=bool(RunDir(cfg.out).checkpoints()), log=say)
     say("[2/5] scoring the directions against the toy probe (and baselines)")
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
                      baselines=DEMO_BASELINES, device=device)

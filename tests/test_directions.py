@@ -196,6 +196,23 @@ def test_import_official_accelerate_checkpoint(tiny_pipe, tmp_path):
     assert torch.equal(import_official(ck / "pytorch_model.bin", num_tokens=2).embeddings, expected[1:])
 
 
+def test_import_official_accelerate_checkpoint_safetensors(tiny_pipe, tmp_path):
+    """A newer accelerate's save_state writes the text encoder as model.safetensors: the folder imports too."""
+    from safetensors.torch import save_file
+
+    tokens, expected = _official_pipeline(tiny_pipe)
+    ck = tmp_path / "checkpoint-1000"
+    ck.mkdir()
+    save_file({k: v.contiguous() for k, v in tiny_pipe.text_encoder.state_dict().items()}, str(ck / "model.safetensors"))
+    (ck / "optimizer.bin").write_bytes(b"not read")
+    bank = import_official(ck)
+    assert bank.tokens == tokens
+    assert torch.equal(bank.embeddings, expected)
+    (ck / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(NoiseCLRLabError, match="corrupt or truncated"):
+        import_official(ck)
+
+
 class _NotATensor:
     pass
 

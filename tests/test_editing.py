@@ -71,6 +71,20 @@ def test_windows(tiny_pipe):
     assert not torch.allclose(early, plain, atol=1e-5) and not torch.allclose(early, full, atol=1e-5)
 
 
+def test_official_windows_are_inclusive(tiny_pipe):
+    """The released pipeline edits on start_step <= i <= end_step; official_window makes that our [s, e + 1)."""
+    from noiseclr_lab.editing import official_window
+
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    assert official_window(2, 4) == (2, 5)
+    inclusive = _run(ep, prompt="a face", edits={"<d2>": 5.0}, windows={"<d2>": official_window(2, 4)})
+    assert torch.equal(inclusive, _run(ep, prompt="a face", edits={"<d2>": 5.0}, windows={"<d2>": (2, 5)}))
+    assert not torch.allclose(inclusive, _run(ep, prompt="a face", edits={"<d2>": 5.0}, windows={"<d2>": (2, 4)}),
+                              atol=1e-6)
+    with pytest.raises(NoiseCLRLabError, match="start_step <= end_step"):
+        official_window(5, 2)
+
+
 def test_a_stopped_run_continues_to_the_same_image(tiny_pipe):
     """stop_step k + latents/start_step k reproduce one uninterrupted run (the evaluation shares warm-ups)."""
     ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
@@ -145,6 +159,10 @@ def test_inversion_round_trip_and_null_text_closer(tiny_pipe):
     before, after = nt.null_losses.unbind(1)
     assert (after <= before).all() and (after < before).any()
     assert nt.null_embeddings.shape == (STEPS, 1, 77, 32)
+    # sampling with the stored per-step embeddings replays the optimised path: its last step lands where the
+    # optimisation measured (each step's embedding is its own copy, not moved by the next step's optimiser)
+    rec = ep(inversion=nt, output_type="latent").images
+    assert abs((rec - nt.latents[0]).pow(2).mean().item() - after[-1].item()) < 1e-4
     # edits on an inverted image move it; zero edits reproduce the plain reconstruction
     plain = ep(inversion=ddim, output_type="pt").images
     assert torch.equal(ep(inversion=ddim, edits={"<d1>": 0.0}, output_type="pt").images, plain)
@@ -155,6 +173,32 @@ def test_inversion_round_trip_and_null_text_closer(tiny_pipe):
     both = ep(inversion=pair, edits={"<d1>": 2.0}, output_type="pt").images
     alone = ep(inversion=ddim, edits={"<d1>": 2.0}, output_type="pt").images
     assert both.shape[0] == 2 and torch.allclose(both[0], alone[0], atol=1e-4)  # batch-size-dependent CPU kernels
+
+
+def test_p2p_null_text_inversion_reconstructs_under_cfg(tiny_pipe):
+    """Prompt-to-Prompt's variant: sampled with CFG 7.5 and the prompt, its per-step unconditionals keep the path
+    on the inversion, where the same DDIM inversion sampled with CFG 7.5 and E("") drifts."""
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    p2p = invert(tiny_pipe, img, num_inference_steps=STEPS, method="null-text-p2p", prompt="a face",
+                 null_text_iters=10, progress=False)
+    assert p2p.guidance_scale == 7.5 and p2p.prompt == "a face" and p2p.null_embeddings.shape == (STEPS, 1, 77, 32)
+    target = p2p.latents[0]
+    rec = ep(inversion=p2p, output_type="latent").images  # the inversion's prompt and CFG are used
+    drift = ep(inversion=dataclasses.replace(p2p, null_embeddings=None), output_type="latent").images
+    err, err_plain = (rec - target).pow(2).mean().item(), (drift - target).pow(2).mean().item()
+    assert err < 0.6 * err_plain, (err, err_plain)
+    assert abs(err - p2p.null_losses[-1, 1].item()) < 1e-4  # the replay is the optimised path
+    assert torch.equal(ep(inversion=p2p, prompt="a face", output_type="latent").images, rec)
+    assert not torch.allclose(ep(inversion=p2p, edits={"<d1>": 3.0}, output_type="pt").images,
+                              ep(inversion=p2p, output_type="pt").images, atol=1e-5)
+    with pytest.raises(NoiseCLRLabError, match="guidance_scale must be > 1"):
+        invert(tiny_pipe, img, num_inference_steps=STEPS, method="null-text-p2p", guidance_scale=1.0, progress=False)
+    with pytest.raises(NoiseCLRLabError, match="null-text-p2p"):
+        invert(tiny_pipe, img, num_inference_steps=STEPS, method="p2p", progress=False)
 
 
 def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):

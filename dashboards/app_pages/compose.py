@@ -60,7 +60,7 @@ with left:
 
     upload = st.file_uploader(f"Or edit an image (PNG/JPEG, at most {MAX_UPLOAD_MB} MB)", type=["png", "jpg", "jpeg"],
                               key="compose_upload")
-    inversion = st.radio("Inversion", ["ddim", "null-text"], horizontal=True, key="compose_inversion")
+    inversion = st.radio("Inversion", ["ddim", "null-text", "null-text-p2p"], horizontal=True, key="compose_inversion")
 
 
 def save_upload(file) -> Path | None:

@@ -120,6 +120,8 @@ def _init_bank(bank: DirectionBank, run: RunDir, pipe, domain: str | None) -> Di
     if not path.is_file():
         raise NoiseCLRLabError(f"{path} is missing; the 'init' baseline needs a run trained by noiseclr_lab.")
     init = DirectionBank.load(path)
+    if len(init) != len(bank) and set(bank.tokens) <= set(init.tokens):  # a run that kept a selection
+        init = init.subset(bank.tokens)
     return DirectionBank(init.embeddings, [f"<i{i + 1}>" for i in range(len(init))], base_model=init.base_model,
                          tokenizer_fingerprint=init.tokenizer_fingerprint)
 

@@ -9,11 +9,12 @@ from noiseclr_lab.errors import NoiseCLRLabError
 
 
 def cmd_edit(args) -> int:
+    from noiseclr_lab.editing import official_window
     from noiseclr_lab.recipe import Recipe, file_sha256
     from noiseclr_lab.workflows import apply_recipe
 
     if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
-        if (args.grid or args.apply or args.window or args.bank is not None or args.image is not None or args.calibrated
+        if (args.grid or args.apply or args.window or args.official_window or args.bank is not None or args.image is not None or args.calibrated
                 or args.negative_prompt is not None or args.save_recipe is not None):
             raise NoiseCLRLabError("--recipe holds the whole edit; give only --out (and --device / --dtype) with it.")
         recipe = Recipe.load(args.recipe)
@@ -31,7 +32,12 @@ def cmd_edit(args) -> int:
             raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
         from noiseclr_lab.directions import DirectionBank
 
-        recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=dict(args.window or []),
+        windows = dict(args.window or [])
+        for name, (start, end) in args.official_window or []:
+            if name in windows:
+                raise NoiseCLRLabError(f"{name!r} has both a --window and an --official-window; give one.")
+            windows[name] = official_window(start, end)
+        recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=windows,
                         calibrated=args.calibrated, edit_start=args.edit_start, prompt=args.prompt,
                         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                         image=str(args.image) if args.image is not None else None, inversion=args.inversion,
@@ -61,14 +67,15 @@ def _grid(args) -> int:
     edits = dict(args.apply or [])
     for name in edits:
         bank.index(name)  # unknown names fail before any work
-    if args.window:
+    if args.window or args.official_window:
         raise NoiseCLRLabError("--window applies to single edits; a --grid takes --edit-start for all its cells.")
     if args.calibrated:
         raise NoiseCLRLabError("--calibrated applies to single edits (--apply NAME=MULTIPLE).")
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     inversion = None
     if args.image is not None:
-        inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion)
+        inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion,
+                           prompt=args.prompt if args.inversion == "null-text-p2p" else "")
         for note in inversion.notes:
             print(f"image: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,9 @@ def add_parsers(sub) -> None:
                    help="a direction (token or label) and its scale; repeat to compose")
     s.add_argument("--window", type=name_window, action="append", metavar="NAME=START:END",
                    help="steps [START, END) on which a direction is active (default: all, or from --edit-start)")
+    s.add_argument("--official-window", type=name_window, action="append", metavar="NAME=START:END",
+                   help="a window in the released NoiseCLR pipeline's convention (start_step <= i <= end_step, both "
+                        "inclusive), converted to [START, END + 1)")
     s.add_argument("--calibrated", action="store_true",
                    help="scales are multiples of each direction's calibrated scale (from `analyze`): <d3>=1 is the "
                         "edit that reaches the common target")
@@ -99,7 +109,9 @@ def add_parsers(sub) -> None:
                    help="edits (and --grid cells) start at this denoising step; the first steps set the layout "
                         "(evaluate-gt scores from 20%% of the steps on; default 0: every step)")
     s.add_argument("--image", type=Path, default=None, help="edit this real image (inverted first) instead of a seed")
-    s.add_argument("--inversion", choices=("ddim", "null-text"), default="ddim", help="inversion method for --image")
+    s.add_argument("--inversion", choices=("ddim", "null-text", "null-text-p2p"), default="ddim",
+                   help="inversion method for --image: DDIM, our null-text (w = 1), or Prompt-to-Prompt's null-text "
+                        "under CFG 7.5 with --prompt (as the released NoiseCLR code)")
     s.add_argument("--prompt", default="", help="prompt for generation (ignored with --image)")
     s.add_argument("--negative-prompt", default=None, help="negative prompt (generation with CFG)")
     s.add_argument("--steps", type=positive_int, default=50, help="denoising steps (num_inference_steps)")

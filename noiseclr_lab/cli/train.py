@@ -23,11 +23,15 @@ def train_config(args):
 
 
 def cmd_train(args) -> int:
-    from noiseclr_lab.training import train
+    from noiseclr_lab.workflows import train_run
 
-    run = train(train_config(args), resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run written to {run} (directions.safetensors, metrics.jsonl, validation/)")
+    cfg = train_config(args)
+    main = int(os.environ.get("RANK", "0")) == 0
+    run = train_run(cfg, resume=args.resume, log=print if main else None)
+    if main:
+        kept = f"{cfg.select} kept of {cfg.num_directions}: " if cfg.select else ""
+        extra = ", directions_all.safetensors, selection.json" if cfg.select else ""
+        print(f"run written to {run.path} ({kept}directions.safetensors{extra}, metrics.jsonl, validation/)")
     return 0
 
 

@@ -102,6 +102,17 @@ class DirectionBank:
         emb = torch.randn(k, hidden_size, generator=g) * std
         return cls(emb, [f"<{prefix}{i + 1}>" for i in range(k)], **kwargs)
 
+    def subset(self, names) -> DirectionBank:
+        """A bank of the named directions (tokens or labels), in the order given, with all their fields."""
+        idx = [self.index(n) for n in names]
+        if len(set(idx)) != len(idx):
+            raise NoiseCLRLabError(f"A direction is named twice in {list(names)}.")
+        return DirectionBank(self.embeddings[idx], [self.tokens[k] for k in idx], labels=[self.labels[k] for k in idx],
+                             base_model=self.base_model, tokenizer_fingerprint=self.tokenizer_fingerprint,
+                             training_config=dict(self.training_config), created_with=self.created_with,
+                             suggestions=[self.suggestions[k] for k in idx],
+                             calibrated_scales=[self.calibrated_scales[k] for k in idx])
+
     def __len__(self) -> int:
         return len(self.tokens)
 

@@ -2,8 +2,9 @@
 
 1. a saved pipeline folder whose tokenizer holds the added tokens ``<t1>..<tN>``;
 2. ``learned_embeds.bin``: a pickled ``{token: (D,)}`` dict (also ``weights.bin``: ``{"weights": (N, D)}``);
-3. an accelerate checkpoint's ``pytorch_model.bin``: the whole text encoder state dict, whose last N
-   input-embedding rows are the directions (the official code appends them after the base vocabulary).
+3. an accelerate checkpoint's ``pytorch_model.bin`` (``model.safetensors`` where a newer accelerate wrote
+   it): the whole text encoder state dict, whose last N input-embedding rows are the directions (the
+   official code appends them after the base vocabulary).
 
 Pickles are read with ``torch.load(weights_only=True)`` only: tensors and plain containers, never code.
 """
@@ -23,6 +24,7 @@ from noiseclr_lab.errors import NoiseCLRLabError
 
 EMBED_KEY_SUFFIX = "embeddings.token_embedding.weight"
 CLIP_BASE_VOCAB = 49408  # SD 1.x / 2.x CLIP vocabulary size before any added token
+CHECKPOINT_FILES = ("pytorch_model.bin", "model.safetensors")  # an accelerate checkpoint's text encoder, older / newer
 _OFFICIAL_TOKEN = re.compile(r"^<t(\d+)>$")
 
 
@@ -118,9 +120,11 @@ def _from_pipeline_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
 
 def import_official(path, *, num_tokens: int | None = None, base_vocab: int = CLIP_BASE_VOCAB,
                     base_model: str = "", **kwargs) -> DirectionBank:
-    """A DirectionBank from any official NoiseCLR output: pipeline folder, learned_embeds.bin, or pytorch_model.bin.
+    """A DirectionBank from any official NoiseCLR output: pipeline folder, learned_embeds.bin, or an accelerate
+    checkpoint's text encoder (pytorch_model.bin, or model.safetensors from a newer accelerate).
 
-    A folder is searched in that order (pipeline, then ``learned_embeds.bin``, then ``pytorch_model.bin``).
+    A folder is searched in that order (pipeline, then ``learned_embeds.bin``, ``pytorch_model.bin``,
+    ``model.safetensors``).
     ``num_tokens`` overrides the count inferred from ``base_vocab`` for text-encoder checkpoints.
     """
     path = Path(path)
@@ -131,12 +135,12 @@ def import_official(path, *, num_tokens: int | None = None, base_vocab: int = CL
             emb, tokens = _from_pipeline_folder(path)
         elif (path / "learned_embeds.bin").is_file():
             return import_official(path / "learned_embeds.bin", base_model=base_model, **kwargs)
-        elif (path / "pytorch_model.bin").is_file():
-            return import_official(path / "pytorch_model.bin", num_tokens=num_tokens, base_vocab=base_vocab,
-                                   base_model=base_model, **kwargs)
+        elif (state := next((path / n for n in CHECKPOINT_FILES if (path / n).is_file()), None)) is not None:
+            return import_official(state, num_tokens=num_tokens, base_vocab=base_vocab, base_model=base_model, **kwargs)
         else:
             raise NoiseCLRLabError(
-                f"{path} holds no official NoiseCLR output (model_index.json, learned_embeds.bin or pytorch_model.bin)."
+                f"{path} holds no official NoiseCLR output (model_index.json, learned_embeds.bin, "
+                f"{' or '.join(CHECKPOINT_FILES)})."
             )
     else:
         obj = _read_state_dict(path)

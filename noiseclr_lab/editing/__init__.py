@@ -10,8 +10,10 @@ from noiseclr_lab.editing.pipeline import (
     Inversion,
     ddim_scheduler,
     default_edit_start,
+    official_window,
     resolve_edits,
 )
 
 __all__ = ["EDIT_WARMUP", "EditOutput", "EditPipeline", "Inversion", "compose_grid", "ddim_scheduler",
-           "default_edit_start", "edit_grid", "invert", "label_font", "prepare_image", "resolve_edits"]
+           "default_edit_start", "edit_grid", "invert", "label_font", "official_window", "prepare_image",
+           "resolve_edits"]

@@ -8,8 +8,16 @@ a_t it reuses eps(z_prev, t) in place of the unknown eps(z_t, t):
 
 That approximation makes plain sampling drift from the inverted path. Null-text inversion (Mokady et al.
 2023) fixes it: at each sampling step i it optimises the base (empty-prompt) embedding null_i so that one
-DDIM step from the current latent lands on the inverted latent of the next level. Editing then runs with
-w = 1 and null_i as the base term, the directions' deltas still taken against E("").
+DDIM step from the current latent lands on the inverted latent of the next level. Two variants:
+
+- ``"null-text"`` (ours): the path is sampled without CFG (w = 1) under null_i alone, fixed iterations and
+  learning rate, the best iterate kept; editing runs with w = 1 and null_i as the base term.
+- ``"null-text-p2p"`` (Prompt-to-Prompt's, which the released NoiseCLR code uses): DDIM inversion under the
+  prompt, then null_i is optimised as the CFG unconditional under guidance w (7.5) with the prompt as the
+  conditional, lr decaying as lr * (1 - i / 100) and early stop once the mismatch is below 1e-5 + 2e-5 * i;
+  editing then runs with CFG w, null_i as the unconditional.
+
+In both, the directions' deltas are still taken against E("").
 """
 
 from __future__ import annotations
@@ -34,15 +42,24 @@ def encode_images(pipe, images: torch.Tensor) -> torch.Tensor:
     return vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
 
 
+METHODS = ("ddim", "null-text", "null-text-p2p")
+P2P_GUIDANCE = 7.5  # Prompt-to-Prompt's null-text inversion guidance scale
+
+
 def invert(pipe, image, num_inference_steps: int = 50, method: str = "ddim", prompt: str = "",
-           null_text_iters: int = 10, null_text_lr: float = 1e-2, progress: bool = True) -> Inversion:
+           null_text_iters: int = 10, null_text_lr: float = 1e-2, progress: bool = True,
+           guidance_scale: float = P2P_GUIDANCE) -> Inversion:
     """Invert ``image`` (a path, PIL image, array, or a list of them) into an ``Inversion``.
 
     Images of any size and mode are converted, centre-cropped and resized to the model's resolution
-    (``Inversion.notes`` says what was done). ``method``: "ddim", or "null-text" (slower, closer round trip).
+    (``Inversion.notes`` says what was done). ``method``: "ddim", "null-text" (slower, closer round trip) or
+    "null-text-p2p" (Prompt-to-Prompt's variant under CFG ``guidance_scale`` with ``prompt``; see the module
+    docstring). The inversion records the guidance its edits must run with.
     """
-    if method not in ("ddim", "null-text"):
-        raise NoiseCLRLabError(f"Unknown inversion method {method!r}; use 'ddim' or 'null-text'.")
+    if method not in METHODS:
+        raise NoiseCLRLabError(f"Unknown inversion method {method!r}; use one of {', '.join(METHODS)}.")
+    if method == "null-text-p2p" and not guidance_scale > 1.0:
+        raise NoiseCLRLabError(f"null-text-p2p optimises the CFG unconditional: guidance_scale must be > 1, got {guidance_scale}.")
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise NoiseCLRLabError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
     helper = EditPipeline(pipe)
@@ -71,10 +88,16 @@ def invert(pipe, image, num_inference_steps: int = 50, method: str = "ddim", pro
     latents = torch.stack(levels)  # (N + 1, B, C, h, w)
 
     nulls = losses = None
+    w = 1.0
     if method == "null-text":
         nulls, losses = _null_text(unet, sched, latents, timesteps, emb, null_text_iters, null_text_lr, progress)
+    elif method == "null-text-p2p":
+        w = float(guidance_scale)
+        nulls, losses = _null_text_p2p(unet, sched, latents, timesteps, emb, helper.encode([""] * B), w,
+                                       null_text_iters, null_text_lr, progress)
     return Inversion(latents=latents, timesteps=timesteps.cpu(), null_embeddings=nulls, method=method,
-                     image=pil if isinstance(image, (list, tuple)) else pil[0], notes=notes, null_losses=losses)
+                     image=pil if isinstance(image, (list, tuple)) else pil[0], notes=notes, null_losses=losses,
+                     guidance_scale=w, prompt=prompt)
 
 
 def _null_text(unet, sched, latents, timesteps, emb, iters, lr, progress) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +117,7 @@ def _null_text(unet, sched, latents, timesteps, emb, iters, lr, progress) -> tup
 
     for i, t in enumerate(tqdm(timesteps, desc="null-text inversion", disable=not progress, leave=False)):
         target = latents[n - i - 1]
-        null = null.detach().requires_grad_(True)
+        null = null.detach().clone().requires_grad_(True)  # a copy: the stored previous step must not move
         opt = torch.optim.Adam([null], lr=lr)
         best, best_loss, first = null.detach().clone(), float("inf"), None
         with torch.enable_grad():
@@ -114,4 +137,42 @@ def _null_text(unet, sched, latents, timesteps, emb, iters, lr, progress) -> tup
         losses.append((first, best_loss))
         with torch.no_grad():
             z = sched.step(unet(z, t, encoder_hidden_states=null.to(z.dtype)).sample, t, z).prev_sample
+    return torch.stack(out), torch.tensor(losses)
+
+
+def _null_text_p2p(unet, sched, latents, timesteps, cond, empty, w, iters, lr, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-to-Prompt's null-text inversion: per sampling step i, the CFG unconditional null_i (started from
+    the previous step's, first from E("")) that makes one guided DDIM step land on the inverted path; Adam with
+    lr * (1 - i / 100), at most ``iters`` iterations, stopping once the mismatch is below 1e-5 + 2e-5 * i; the
+    last iterate is kept. Returns (nulls (N, B, L, D), losses (N, 2): mismatch before / after)."""
+    n = len(timesteps)
+    z = latents[-1]
+    null = empty.clone().float()
+    out, losses = [], []
+    for i, t in enumerate(tqdm(timesteps, desc="null-text inversion (P2P)", disable=not progress, leave=False)):
+        target = latents[n - i - 1].float()
+        with torch.no_grad():
+            eps_c = unet(z, t, encoder_hidden_states=cond).sample
+        null = null.detach().clone().requires_grad_(True)  # a copy: the stored previous step must not move
+        opt = torch.optim.Adam([null], lr=lr * (1.0 - i / 100.0))
+        first = last = None
+        with torch.enable_grad():
+            for _ in range(iters):
+                eps_u = unet(z, t, encoder_hidden_states=null.to(z.dtype)).sample
+                eps = eps_u + w * (eps_c - eps_u)
+                loss = F.mse_loss(sched.step(eps, t, z).prev_sample.float(), target)
+                last = loss.item()
+                first = last if first is None else first
+                (grad,) = torch.autograd.grad(loss, [null])
+                null.grad = grad
+                opt.step()
+                if last < 1e-5 + i * 2e-5:
+                    break
+        null = null.detach()
+        with torch.no_grad():
+            eps_u = unet(z, t, encoder_hidden_states=null.to(z.dtype)).sample
+            z = sched.step(eps_u + w * (eps_c - eps_u), t, z).prev_sample
+            after = F.mse_loss(z.float(), target).item()
+        out.append(null)
+        losses.append((first if first is not None else after, after))
     return torch.stack(out), torch.tensor(losses)

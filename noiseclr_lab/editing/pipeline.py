@@ -8,7 +8,7 @@ Notation (per denoising step i at timestep t, latents z of B images):
 Every distinct conditioning of one step ("terms": neg, prompt, "", each active direction) goes through the
 UNet as ONE batch of T*B latents; E("") is computed once and serves as both the CFG unconditional and the
 edit baseline when no negative prompt is given; directions outside their window are left out of the batch. Real images (an ``Inversion``)
-run the same loop with w = 1, from the inverted noise.
+run the same loop from the inverted noise, with w = 1 (Prompt-to-Prompt's null-text inversion: its own w).
 
 ``EditPipeline`` wraps a loaded ``StableDiffusionPipeline`` instead of subclassing ``DiffusionPipeline``:
 it works on any SD 1.x/2.x pipeline object the user already has (hub, folder, single file, toy) without
@@ -32,9 +32,20 @@ EDIT_WARMUP = 0.2  # default share of the first denoising steps without edits (S
 
 def default_edit_start(num_inference_steps: int) -> int:
     """The denoising step edits start at by default where a warm-up is wanted (evaluation, validation grids):
-    after the first ``EDIT_WARMUP`` of the steps, where the layout is decided (the official editing pipeline's
-    start_step; SEGA's edit warm-up). ``EditPipeline`` itself defaults to 0 (every step), as the paper edits."""
+    after the first ``EDIT_WARMUP`` of the steps, where the layout is decided. The 20% is SEGA's
+    ``edit_warmup_steps`` (10 of 50), not a default of the released NoiseCLR code, whose editing pipeline takes
+    a ``start_step`` / ``end_step`` per edit from its caller. ``EditPipeline`` itself defaults to 0 (every step)."""
     return int(round(EDIT_WARMUP * num_inference_steps))
+
+
+def official_window(start_step: int, end_step: int) -> tuple[int, int]:
+    """The released editing pipeline's window as ours. It edits on the steps ``start_step <= i <= end_step``
+    (both ends inclusive); ``EditPipeline`` windows are half-open ``[start, end)``, so this is
+    ``(start_step, end_step + 1)``."""
+    start_step, end_step = int(start_step), int(end_step)
+    if not 0 <= start_step <= end_step + 1:
+        raise NoiseCLRLabError(f"An official window needs 0 <= start_step <= end_step + 1, got {start_step}, {end_step}.")
+    return start_step, end_step + 1
 
 
 @dataclass
@@ -54,10 +65,13 @@ class Inversion:
     latents: torch.Tensor  # (N + 1, B, C, h, w): z at each level; [0] the clean image latent, [-1] the noise
     timesteps: torch.Tensor  # (N,) the sampling timesteps, noisiest first
     null_embeddings: torch.Tensor | None  # (N, B, L, D) per-step optimised base embeddings (null-text), or None
-    method: str  # "ddim" or "null-text"
+    method: str  # "ddim", "null-text" or "null-text-p2p"
     image: object = None  # the preprocessed input image(s) (PIL)
     notes: list = field(default_factory=list)  # what preprocessing did to the input
     null_losses: torch.Tensor | None = None  # (N, 2) per-step path mismatch before / after null-text optimisation
+    guidance_scale: float = 1.0  # the CFG scale edits of this inversion run with (null-text-p2p: its w, with the
+    # prompt it was inverted under and null_i as the unconditional; otherwise 1, no CFG)
+    prompt: str = ""  # the prompt the image was inverted under
 
     @property
     def num_inference_steps(self) -> int:
@@ -201,7 +215,8 @@ class EditPipeline:
         """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
 
         Without edits the result is the plain (CFG) sample of the same seed. With ``inversion`` the loop starts
-        from the inverted noise, uses the inversion's steps and runs without CFG (w = 1), as in the paper.
+        from the inverted noise, uses the inversion's steps and runs without CFG (w = 1), as in the paper; a
+        "null-text-p2p" inversion runs with its own CFG scale and, when ``prompt`` is empty, its own prompt.
         ``start_step`` / ``stop_step`` run only the denoising steps [start_step, stop_step): a run stopped at k
         with ``output_type="latent"`` gives the latents another run continues from (``latents=``, ``start_step=k``),
         so steps that several edits share (an edit warm-up) are computed once. ``edit_start`` is where edits
@@ -212,7 +227,9 @@ class EditPipeline:
         pipe = self.pipe
         if inversion is not None:
             num_inference_steps = inversion.num_inference_steps
-            guidance_scale = 1.0
+            guidance_scale = inversion.guidance_scale
+            if guidance_scale > 1.0 and prompt in ("", None):
+                prompt = inversion.prompt
             latents = inversion.latents[-1]
             if isinstance(prompt, str):  # one prompt for every inverted image
                 prompt = [prompt] * latents.shape[0]

@@ -31,6 +31,9 @@ class TrainConfig:
     patch_grid: int = 1  # > 1: the loss is averaged over g x g latent patches, each scored alone (an extension
     # for local attributes; 1 = the whole latent, as the paper); latent side must be divisible by it
     lr: float = 1e-3  # AdamW learning rate (before scale_lr)
+    lr_schedule: str = "constant"  # "constant" (the released code) or "cosine" (decay to lr_min_ratio x lr over the
+    # steps after warm-up; an extension)
+    lr_min_ratio: float = 0.1  # the cosine schedule's final lr as a share of lr
     scale_lr: bool = False  # multiply lr by grad_accum x processes, as the official code does
     weight_decay: float = 0.0  # AdamW weight decay on the direction embeddings
     warmup_steps: int = 0  # linear learning-rate warm-up
@@ -39,11 +42,22 @@ class TrainConfig:
     t_max: int = 1000  # (the official code uses the whole range)
     max_norm: float = 0.0  # > 0: after every step, directions longer than this are scaled back to it (0: free, as
     # the official code); the toy text encoder's attribute words have norm ~0.45
-    init: str = "random"  # "random" (N(0, init_std^2), official) or "mean-word" (mean word embedding + noise)
-    init_std: float = 0.02  # std of the random initialisation
+    init: str = "random"  # "random" (N(0, init_std^2)) or "mean-word" (mean word embedding + N(0, init_std^2))
+    init_std: float = 0.02  # std of the random initialisation. 0.02 is OUR deviation (a word embedding's scale); the
+    # released code's new token rows start as N(0, 1), transformers 4.34's default for resized embedding rows
+    # (the `official` preset uses 1.0)
+    select: int = 0  # > 0: after training keep this many directions, the strongest distinct edits by their
+    # CLIP effect (analysis.selection, no labels; run by workflows.train and the CLI); 0 keeps all K
+    select_clip: str = "toy"  # CLIP of the selection: toy, NAME:TAG, NAME:/path/weights (as analyze --clip)
+    select_scale: float = 6.0  # the selection sweep applies every direction at -scale and +scale
+    select_seeds: int = 4  # seeds of the selection sweep
+    select_steps: int = 15  # denoising steps of the selection sweep (its CFG and prompt: the validation ones)
     num_images: int = 256  # images rendered for toy:<domain> data (ignored for folders)
     max_images: int = 0  # use at most this many folder images (0: all)
     seed: int = 0  # everything random (images, noise, timesteps, directions drawn) derives from it
+    loss_scope: str = "global"  # several processes: "global" (one loss over the all-gathered batch, equal to one
+    # process with the same global batch) or "per-process" (each process scores its own images, gradients
+    # averaged: the released code's objective, for exact reproduction); the same on one process
     mixed_precision: str = "no"  # accelerate mixed precision: no, fp16, bf16
     gradient_checkpointing: bool = False  # UNet activation checkpointing (saves memory, costs time)
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: only at the end)
@@ -74,12 +88,20 @@ class TrainConfig:
             (self.temperature > 0, "temperature must be positive"),
             (self.patch_grid >= 1, "patch_grid must be positive"),
             (self.lr > 0, "lr must be positive"),
+            (self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}"),
+            (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be in [0, 1]"),
+            (self.loss_scope in ("global", "per-process"),
+             f"loss_scope must be 'global' or 'per-process', not {self.loss_scope!r}"),
             (self.grad_accum >= 1, "grad_accum must be positive"),
             (0 <= self.t_min < self.t_max <= 1000, "need 0 <= t_min < t_max <= 1000"),
             (self.max_norm >= 0, "max_norm must be >= 0 (0 turns it off)"),
             (self.init in ("random", "mean-word"), f"init must be 'random' or 'mean-word', not {self.init!r}"),
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
             (self.num_images >= 2, "num_images must be at least 2"),
+            (0 <= self.select <= self.num_directions, "select must be in [0, num_directions] (0 keeps all)"),
+            (self.select_scale > 0, "select_scale must be positive"),
+            (self.select_seeds >= 2, "select_seeds must be at least 2"),
+            (self.select_steps >= 2, "select_steps must be at least 2"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -9,13 +9,16 @@ One optimisation step (B images per process, one shared timestep t):
                                                          one UNet call per direction
 Every random draw of step s (images, noise, t, directions) comes from a generator seeded by (seed, s), so
 a resumed run repeats an uninterrupted one exactly, and P processes that each take their slice of the
-global batch compute the same loss as one process (edits are all-gathered; gradients are exact).
+global batch compute the same loss as one process (edits are all-gathered; gradients are exact). With
+``loss_scope="per-process"`` each process instead scores only its own B images and DDP averages the
+gradients: the released code's objective (its loss is not the one-process loss of the global batch).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -37,7 +40,8 @@ from noiseclr_lab.training.loss import noiseclr_loss
 
 # config fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"steps", "out", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
-                     "cache_dir", "device", "validation_seeds", "validation_scale", "validation_steps"}
+                     "cache_dir", "device", "validation_seeds", "validation_scale", "validation_steps",
+                     "select", "select_clip", "select_scale", "select_seeds", "select_steps"}  # selection runs after
 
 
 class _SubstitutedEmbedding(nn.Module):
@@ -172,8 +176,14 @@ class Trainer:
         return c.lr * (c.grad_accum * self.acc.num_processes if c.scale_lr else 1)
 
     def lr_at(self, step: int) -> float:
-        w = self.cfg.warmup_steps
-        return self.base_lr * (min(1.0, (step + 1) / w) if w else 1.0)
+        """Linear warm-up over ``warmup_steps``, then constant or a cosine decay to ``lr_min_ratio`` x lr."""
+        c = self.cfg
+        w = c.warmup_steps
+        factor = min(1.0, (step + 1) / w) if w else 1.0
+        if c.lr_schedule == "cosine" and step >= w:
+            done = (step - w) / max(1, c.steps - w - 1)
+            factor = c.lr_min_ratio + (1 - c.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        return self.base_lr * factor
 
     def _initial_directions(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 1)
@@ -285,11 +295,18 @@ class Trainer:
                                    for j in range(M)])
         edits = (eps.float() - u.float()[None]).transpose(0, 1)  # (B, M, C, h, w)
         W = acc.num_processes
-        if W > 1:  # all-gather the edits; only this process's slice carries gradient
+        if W > 1 and c.loss_scope == "global":  # all-gather the edits; only this process's slice carries gradient
             gathered = acc.gather(edits.detach().contiguous())
             edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
         loss = noiseclr_loss(edits, c.temperature, anchors=self.anchors(M), patch_grid=c.patch_grid)
         return loss
+
+    @property
+    def loss_weight(self) -> float:
+        """Backward weight of a process's loss so that DDP's gradient mean is the objective's gradient: the
+        global loss's gradient is the sum of every process's slice (DDP divides by the process count); the
+        per-process objective is the mean of the processes' own losses (DDP's mean as it is)."""
+        return float(self.acc.num_processes) if self.cfg.loss_scope == "global" else 1.0
 
     def anchors(self, m: int) -> list[int] | None:
         """Anchor columns of the loss among the m drawn directions (drawn in random order, so the first A are
@@ -333,7 +350,7 @@ class Trainer:
                     raise NoiseCLRLabError(
                         f"The loss became {loss.item()} at step {step}; training stopped. Last good checkpoint: {where}. "
                         "Lower lr or use mixed_precision 'no'.")
-                acc.backward(loss * acc.num_processes / c.grad_accum)
+                acc.backward(loss * self.loss_weight / c.grad_accum)
                 total += loss.item() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ from noiseclr_lab.analysis.metrics.mig import compute_mig
 from noiseclr_lab.analysis.metrics.modularity import compute_modularity
 from noiseclr_lab.analysis.metrics.preservation import clip_similarity, pixel_rmse
 from noiseclr_lab.analysis.metrics.rescoring import group_effect, rescoring, strongest_scale, target_and_off_target
+from noiseclr_lab.analysis.metrics.selection import edit_signature, greedy_select
 from noiseclr_lab.registry import Registry
 
 MetricFn = Callable[..., dict[str, float]]
@@ -52,6 +53,8 @@ MEASURES: dict[str, Callable] = {
     "change_map": change_map,
     "overlap": overlap,
     "rank_correlation": rank_correlation,
+    "edit_signature": edit_signature,
+    "greedy_select": greedy_select,
 }
 
 

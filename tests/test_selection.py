@@ -1,0 +1,77 @@
+"""Unsupervised selection of an over-complete bank: the measure on constructed features, and a training run that
+keeps a selection on a tiny random pipeline and a tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from noiseclr_lab.analysis.metrics.selection import edit_signature, greedy_select
+from noiseclr_lab.directions import DirectionBank
+from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.training import TrainConfig
+
+
+def _features(rng, S=8, E=16):
+    """Base features and four directions at scales (-1, +1): a strong consistent edit (0), the same edit
+    reversed and weaker (1), a re-roll longer than either (norm 1.2) that points somewhere else on every seed (2), a weak consistent
+    edit along another axis (3)."""
+    base = rng.normal(size=(S, E))
+    ax = np.eye(E)
+    per = [ax[0] * 1.0, -ax[0] * 0.7, None, ax[1] * 0.3]
+    edited = np.zeros((2, 4, S, E))
+    for k, v in enumerate(per):
+        for i, sign in enumerate((-1, 1)):
+            change = rng.normal(size=(S, E)) * 0.3 if v is None else sign * v + rng.normal(size=(S, E)) * 0.02
+            edited[i, k] = base + change
+    return edited, base
+
+
+def test_signature_ranks_consistent_edits_and_drops_repeats():
+    edited, base = _features(np.random.default_rng(0))
+    strength, axis = edit_signature(edited, base, [-1.0, 1.0])
+    assert strength[0] > strength[1] > strength[3] > strength[2]  # the re-roll's mean change is short
+    assert abs(axis[0] @ axis[1]) > 0.99 and np.allclose(np.linalg.norm(axis, axis=1), 1.0)
+    kept, dup = greedy_select(strength, axis, keep=2)
+    assert kept == [0, 3] and dup[1] == 0 and dup[3] is None  # the reversed copy repeats 0; 3 is distinct
+    kept, _ = greedy_select(strength, axis, keep=4)  # too few distinct edits: the rest fill up by strength
+    assert kept == [0, 3, 2, 1] or sorted(kept) == [0, 1, 2, 3]
+    assert greedy_select(strength, axis, keep=2, max_similarity=1.0)[0] == [0, 1]  # nothing counts as a repeat
+    with pytest.raises(ValueError, match="keep"):
+        greedy_select(strength, axis, keep=5)
+
+
+def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tiny_clip_name, tmp_path):
+    from noiseclr_lab.workflows import select_run, train_run
+
+    cfg = TrainConfig(model=str(tiny_pipe_dir), data="toy:faces", out=str(tmp_path / "run"), num_directions=5,
+                      directions_per_step=5, steps=3, batch_size=3, num_images=6, lr=1e-2, checkpoint_every=0,
+                      validation_steps=2, validation_seeds=1, cache_dir=str(tmp_path / "cache"), device="cpu",
+                      select=3, select_clip=f"{tiny_clip_name}:random", select_scale=10.0, select_seeds=2, select_steps=3,
+                      validation_prompt="a face")
+    run = train_run(cfg, progress=False)
+    full = DirectionBank.load(run.all_directions_path)
+    kept = DirectionBank.load(run.directions_path)
+    sel = json.loads(run.selection_path.read_text())
+    assert len(full) == 5 and len(kept) == 3 and sel["kept"] == kept.tokens
+    assert set(kept.tokens) < set(full.tokens)
+    for tok in kept.tokens:  # the kept rows are the trained ones, unchanged
+        assert (kept.embeddings[kept.index(tok)] == full.embeddings[full.index(tok)]).all()
+    strength = {d["token"]: d["strength"] for d in sel["directions"]}
+    assert [strength[t] for t in kept.tokens] == sorted((strength[t] for t in kept.tokens), reverse=True)
+    assert sel["settings"]["scales"] == [-10.0, 10.0] and sel["settings"]["seeds"] == 2
+    # selecting again (e.g. another select) reads every direction from the last checkpoint, not the kept file
+    again = select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 2}), progress=False)
+    assert DirectionBank.load(run.directions_path).tokens == [full.tokens[k] for k in again.kept]
+    assert len(again.kept) == 2 and len(DirectionBank.load(run.all_directions_path)) == 5
+    # the init baseline of evaluate-gt takes the kept directions' initial rows
+    from noiseclr_lab.analysis.groundtruth import make_baseline
+
+    init = make_baseline("init", kept, run, None, None)
+    assert len(init) == 3
+    with pytest.raises(NoiseCLRLabError, match="nothing to select"):
+        select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 0}))
+    with pytest.raises(NoiseCLRLabError, match="select must be"):
+        TrainConfig.from_dict(cfg.to_dict() | {"select": 6})
