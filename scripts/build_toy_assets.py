@@ -5,6 +5,8 @@ Examples:
     python scripts/build_toy_assets.py --stage vae --minutes 15
     python scripts/build_toy_assets.py --stage unet --minutes 60
     python scripts/build_toy_assets.py --stage export
+    python scripts/build_toy_assets.py --stage unet-zsnr --minutes 60      # zero terminal SNR, v-prediction
+    python scripts/build_toy_assets.py --stage export-zsnr                 # -> WORK/zsnr_export/pipeline
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=BuildConfig.work, help="folder for caches and resumable checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--n-train", type=int, default=BuildConfig.n_train, help="rendered training images per domain")
-    p.add_argument("--out", type=Path, default=ASSET_DIR, help="where --stage export writes the assets")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where --stage export writes the assets (default: the package's), and --stage export-zsnr "
+                        "its pipeline (default: WORK/zsnr_export, a staging folder)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
-    result = run_stage(cfg, args.stage, args.minutes, args.out)
+    out = args.out or (Path(args.work) / "zsnr_export" if args.stage == "export-zsnr" else ASSET_DIR)
+    result = run_stage(cfg, args.stage, args.minutes, out)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -201,6 +201,35 @@ def test_p2p_null_text_inversion_reconstructs_under_cfg(tiny_pipe):
         invert(tiny_pipe, img, num_inference_steps=STEPS, method="p2p", progress=False)
 
 
+def test_v_prediction_zero_terminal_snr_models_invert_and_edit(tiny_pipe):
+    """A v-prediction, zero-terminal-SNR scheduler (the rebuilt toy model's): the output converts to the true
+    noise exactly, and inversion, null-text replay and edits run through the same code."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from noiseclr_lab.editing.inversion import eps_from_output
+
+    zsnr = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=0)
+    tiny_pipe.scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config, **zsnr)
+    ddpm = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    assert float(ddpm.alphas_cumprod[-1]) < 1e-6  # nothing of the image is left at t = 999
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    for t in (0, 500, 999):
+        tt = torch.tensor([t] * 3)
+        zt, v = ddpm.add_noise(z0, noise, tt), ddpm.get_velocity(z0, noise, tt)
+        assert torch.allclose(eps_from_output(ddpm, v, zt, ddpm.alphas_cumprod[t]), noise, atol=1e-5)
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
+    nt = invert(tiny_pipe, img, num_inference_steps=STEPS, method="null-text", progress=False)
+    assert int(nt.timesteps[0]) == 999 and torch.isfinite(nt.latents).all()
+    before, after = nt.null_losses.unbind(1)
+    assert (after <= before).all()
+    rec = ep(inversion=nt, output_type="latent").images
+    assert abs((rec - nt.latents[0]).pow(2).mean().item() - after[-1].item()) < 1e-4
+    assert not torch.allclose(ep(inversion=nt, edits={"<d1>": 3.0}, output_type="pt").images,
+                              ep(inversion=nt, output_type="pt").images, atol=1e-5)
+
+
 def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
 

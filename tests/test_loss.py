@@ -67,3 +67,17 @@ def test_patch_grid_scores_each_patch_alone():
     assert noiseclr_loss(edits, 0.3, patch_grid=1).item() == pytest.approx(noiseclr_loss(edits, 0.3).item())
     with pytest.raises(ValueError, match="divisible"):
         noiseclr_loss(torch.randn(3, 2, 4, 5, 5), patch_grid=2)
+
+
+def test_strength_penalty_lifts_weak_edits_only():
+    from noiseclr_lab.training.loss import strength_penalty
+
+    base = torch.full((4,), 10.0)  # ||u|| = 10 on every image
+    edits = torch.zeros(4, 2, 3)
+    edits[:, 0, 0] = 0.1  # r = 0.01
+    edits[:, 1, 0] = 1.0  # r = 0.1, above the target
+    p = strength_penalty(edits, base, target=0.05)
+    assert p.item() == pytest.approx(0.5 * math.log(5.0), rel=1e-5)
+    edits.requires_grad_(True)
+    strength_penalty(edits, base, 0.05).backward()
+    assert (edits.grad[:, 0, 0] < 0).all() and (edits.grad[:, 1] == 0).all()  # descent grows the weak edit

@@ -111,6 +111,36 @@ def test_extensions_max_norm_and_patch_loss(cfg):
         Trainer(cfg(patch_grid=3, out=str(run) + "-3"))
 
 
+def test_extensions_strength_hinge_and_cosine_lr(cfg):
+    """The strength hinge makes the same steps' edits larger than the contrastive loss alone; the cosine
+    schedule runs from lr down to lr_min_ratio x lr over the steps."""
+    plain = Trainer(cfg(steps=6, lr=5e-2, checkpoint_every=0, out=str(cfg().out) + "-plain"))
+    strong = Trainer(cfg(steps=6, lr=5e-2, checkpoint_every=0, strength_weight=5.0, strength_target=0.5,
+                         out=str(cfg().out) + "-strong"))
+
+    def ratio(tr):
+        with torch.no_grad():
+            d = tr.draw(500, 0)
+            z = tr.noise_sched.add_noise(tr.latents[d["idx"][:3]], d["noise"][:3], d["t"])
+            u = tr.pipe.unet(z, d["t"], encoder_hidden_states=tr.empty.expand(3, -1, -1)).sample
+            emb = tr.encoder(tr.direction_ids)
+            e = tr.pipe.unet(z.repeat(4, 1, 1, 1), d["t"], encoder_hidden_states=emb.repeat_interleave(3, 0)).sample
+            return float((e.unflatten(0, (4, 3)) - u).flatten(2).norm(dim=-1).mean() / u.flatten(1).norm(dim=-1).mean())
+
+    assert ratio(plain) == pytest.approx(ratio(strong), rel=1e-4)  # the same start
+    plain.run()
+    strong.run()
+    assert ratio(strong) > 1.5 * ratio(plain)
+    tr = Trainer(cfg(steps=11, warmup_steps=1, lr_schedule="cosine", lr_min_ratio=0.2, out=str(cfg().out) + "-cos"))
+    lrs = [tr.lr_at(s) for s in range(11)]
+    assert lrs[0] == pytest.approx(tr.cfg.lr) and lrs[1] == pytest.approx(tr.cfg.lr)  # warm-up, then the peak
+    assert lrs[-1] == pytest.approx(0.2 * tr.cfg.lr) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    with pytest.raises(NoiseCLRLabError, match="lr_schedule"):
+        cfg(lr_schedule="step")
+    with pytest.raises(NoiseCLRLabError, match="strength_target"):
+        cfg(strength_target=0.0)
+
+
 def test_divergence_stops_with_the_last_good_checkpoint_intact(cfg):
     train(cfg(steps=2))
     trainer = Trainer(cfg(steps=4), resume=True)
@@ -150,7 +180,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_pipe_dir, tmp_p
     common = ["--model", str(tiny_pipe_dir), "--data", "toy:faces", "--directions", "4", "--directions-per-step", "3",
               "--steps", "3", "--num-images", "12", "--cache-dir", str(tmp_path / "cache"), "--lr", "0.01",
               "--validation-steps", "2", "--validation-seeds", "1", "--device", "cpu"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPU or not
     one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "4",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -164,3 +194,29 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_pipe_dir, tmp_p
     init = DirectionBank.load(tmp_path / "one" / "initial_directions.safetensors").embeddings
     assert (a - init).abs().max() > 1e-3  # they trained
     assert torch.allclose(a, b, atol=1e-5)
+
+    # the released code's objective: each process scores its own two images; a different loss, still training
+    per = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29562", "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "2", "--loss-scope",
+                          "per-process", "--out", str(tmp_path / "per")], capture_output=True, text=True, env=env)
+    assert per.returncode == 0, per.stderr[-2000:]
+    c = DirectionBank.load(tmp_path / "per" / "directions.safetensors").embeddings
+    assert (c - init).abs().max() > 1e-3 and not torch.allclose(a, c, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpu_processes_equal_one(tiny_pipe_dir, tmp_path):
+    common = ["--model", str(tiny_pipe_dir), "--data", "toy:faces", "--directions", "4", "--directions-per-step", "3",
+              "--steps", "3", "--num-images", "12", "--cache-dir", str(tmp_path / "cache"), "--lr", "0.01",
+              "--validation-steps", "2", "--validation-seeds", "1"]
+    one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "4",
+                          "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+                          "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "2", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = DirectionBank.load(tmp_path / "one" / "directions.safetensors").embeddings
+    b = DirectionBank.load(tmp_path / "two" / "directions.safetensors").embeddings
+    assert torch.allclose(a, b, atol=1e-3)  # TF32 / kernel differences between batch sizes on the GPU

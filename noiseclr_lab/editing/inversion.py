@@ -6,6 +6,9 @@ a_t it reuses eps(z_prev, t) in place of the unknown eps(z_t, t):
     x0   = (z_prev - sqrt(1 - a_prev) * eps) / sqrt(a_prev)
     z_t  = sqrt(a_t) * x0 + sqrt(1 - a_t) * eps
 
+A v-prediction model's output is turned into eps at the current level first (as diffusers'
+``DDIMInverseScheduler`` does), so zero-terminal-SNR models invert through the same loop.
+
 That approximation makes plain sampling drift from the inverted path. Null-text inversion (Mokady et al.
 2023) fixes it: at each sampling step i it optimises the base (empty-prompt) embedding null_i so that one
 DDIM step from the current latent lands on the inverted latent of the next level. Two variants:
@@ -33,6 +36,20 @@ from noiseclr_lab.errors import NoiseCLRLabError
 
 def _alpha(sched, t: int) -> torch.Tensor:
     return sched.alphas_cumprod[t] if t >= 0 else sched.final_alpha_cumprod
+
+
+def eps_from_output(sched, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The noise estimate from a model output at level ``a`` (alpha_bar) under the scheduler's prediction type:
+    epsilon as it is; v (v = sqrt(a) eps - sqrt(1 - a) x0) as sqrt(a) v + sqrt(1 - a) z; x0 ("sample") as
+    (z - sqrt(a) x0) / sqrt(1 - a)."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return out
+    if kind == "v_prediction":
+        return a.sqrt() * out + (1 - a).sqrt() * z
+    if kind == "sample":
+        return (z - a.sqrt() * out) / (1 - a).sqrt()
+    raise NoiseCLRLabError(f"Inversion does not support the scheduler's prediction_type {kind!r}.")
 
 
 @torch.no_grad()
@@ -80,8 +97,8 @@ def invert(pipe, image, num_inference_steps: int = 50, method: str = "ddim", pro
     levels = [z]
     with torch.no_grad():
         for t in tqdm(timesteps.flip(0), desc="DDIM inversion", disable=not progress, leave=False):
-            eps = unet(z, t, encoder_hidden_states=emb).sample
             a_prev, a_t = _alpha(sched, int(t) - step), _alpha(sched, int(t))
+            eps = eps_from_output(sched, unet(z, t, encoder_hidden_states=emb).sample, z, a_prev)
             x0 = (z - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
             z = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
             levels.append(z)

@@ -30,6 +30,9 @@ class TrainConfig:
     temperature: float = 0.5  # tau of the contrastive loss
     patch_grid: int = 1  # > 1: the loss is averaged over g x g latent patches, each scored alone (an extension
     # for local attributes; 1 = the whole latent, as the paper); latent side must be divisible by it
+    strength_weight: float = 0.0  # > 0: add this x a hinge that lifts every drawn direction's edit to
+    # strength_target of the unconditional estimate's length (training.loss.strength_penalty; an extension)
+    strength_target: float = 0.03  # r_k = ||edit|| / ||eps("")||, averaged over the batch
     lr: float = 1e-3  # AdamW learning rate (before scale_lr)
     lr_schedule: str = "constant"  # "constant" (the released code) or "cosine" (decay to lr_min_ratio x lr over the
     # steps after warm-up; an extension)
@@ -88,6 +91,8 @@ class TrainConfig:
             (self.temperature > 0, "temperature must be positive"),
             (self.patch_grid >= 1, "patch_grid must be positive"),
             (self.lr > 0, "lr must be positive"),
+            (self.strength_weight >= 0, "strength_weight must be >= 0 (0 turns it off)"),
+            (self.strength_target > 0, "strength_target must be positive"),
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}"),
             (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be in [0, 1]"),
             (self.loss_scope in ("global", "per-process"),

@@ -58,3 +58,19 @@ def noiseclr_loss(edits: torch.Tensor, temperature: float = 0.5, anchors: list[i
     log_mean_pos = torch.logsumexp(pos, dim=1) - math.log(pos.shape[1])
     log_mean_neg = torch.logsumexp(neg, dim=1) - math.log(neg.shape[1])
     return -(log_mean_pos - log_mean_neg).mean()
+
+
+def strength_penalty(edits: torch.Tensor, base_norms: torch.Tensor, target: float) -> torch.Tensor:
+    """Hinge on each direction's edit strength (an extension, not in the paper; off by default).
+
+    The contrastive loss only sees cosines, so it is blind to how large an edit is: a direction whose edit is
+    consistent but 0.2% of the noise estimate is as good to it as one at 5%, yet invisible at any usable
+    scale. With r_k = mean_n ||D[n, k]|| / mean_n ||u[n]|| (u the unconditional estimate):
+
+        P = mean_k max(0, log(target) - log(r_k))
+
+    pushes every edit up to ``target`` of the estimate's length and not beyond.
+    edits (B, M, ...), base_norms (B,) the lengths ||u[n]|| -> scalar.
+    """
+    r = edits.flatten(2).float().norm(dim=-1).mean(0) / base_norms.float().mean().clamp_min(1e-12)
+    return F.relu(math.log(target) - torch.log(r.clamp_min(1e-12))).mean()

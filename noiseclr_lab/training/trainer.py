@@ -36,7 +36,7 @@ from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json
 from noiseclr_lab.models import load_pipeline
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
-from noiseclr_lab.training.loss import noiseclr_loss
+from noiseclr_lab.training.loss import noiseclr_loss, strength_penalty
 
 # config fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"steps", "out", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
@@ -299,6 +299,11 @@ class Trainer:
             gathered = acc.gather(edits.detach().contiguous())
             edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
         loss = noiseclr_loss(edits, c.temperature, anchors=self.anchors(M), patch_grid=c.patch_grid)
+        if c.strength_weight:  # over the same (gathered) batch as the loss; only the local slice carries gradient
+            un = u.flatten(1).float().norm(dim=-1)
+            if W > 1 and c.loss_scope == "global":
+                un = acc.gather(un.contiguous())
+            loss = loss + c.strength_weight * strength_penalty(edits, un, c.strength_target)
         return loss
 
     @property

@@ -14,10 +14,11 @@ from toybuild.export import export_assets
 from toybuild.probe import build_probes, train_probe
 from toybuild.unet import assemble_pipeline, text_fidelity, train_unet
 from toybuild.vae import train_vae
+from toybuild.zsnr import export_zsnr, measure_zsnr, train_unet_zsnr
 
 # --------------------------------------------------------------------------- stages
 
-STAGES = ("vae", "probe", "unet", "clip", "export")
+STAGES = ("vae", "probe", "unet", "clip", "export", "unet-zsnr", "export-zsnr")
 
 
 def _record(cfg: BuildConfig, stage: str, result: dict) -> None:
@@ -44,6 +45,15 @@ def run_stage(cfg: BuildConfig, stage: str, minutes: float, out: Path = ASSET_DI
         result = train_clip(cfg, minutes)
     elif stage == "export":
         return export_assets(cfg, out)
+    elif stage == "unet-zsnr":
+        result = train_unet_zsnr(cfg, minutes)
+        if minutes >= 5:  # short calls only train; the fidelity check costs about a minute
+            result |= measure_zsnr(cfg)
+        stage = "unet_zsnr"
+    elif stage == "export-zsnr":
+        result = export_zsnr(cfg, out)
+        _record(cfg, "unet_zsnr", dict(result))
+        return result
     else:
         raise ValueError(stage)
     result["minutes"] = minutes
