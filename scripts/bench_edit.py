@@ -1,5 +1,6 @@
 """Benchmark: composed-direction editing, batched (one UNet call per step) vs the official loop
-(one UNet call per term per step), same machine, same run, same seeds. Prints images/s and the ratio.
+(one UNet call per term per step), same machine, same run, same seeds. Prints images/s, the ratio, the
+achieved TFLOP/s of both (the same model FLOPs, counted once) and, on a known GPU, their MFU.
 
     python scripts/bench_edit.py                          # toy model on this machine's CPU
     python scripts/bench_edit.py --model sd15-random --device cuda --dtype fp16   # full-size SD 1.5 UNet, random weights
@@ -16,6 +17,7 @@ import torch
 from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.models import load_pipeline, pick_device, pick_dtype
+from noiseclr_lab.perf import count_flops, mfu
 
 
 def sd15_random(device, dtype):
@@ -60,16 +62,18 @@ def main(argv=None) -> int:
     bank = DirectionBank.random(max(counts), d, std=0.4, tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
     fast, ref = EditPipeline(pipe, bank), EditPipeline(pipe, bank, mode="reference")
 
+    def call(ep, m):
+        gens = [torch.Generator().manual_seed(s) for s in range(args.images)]
+        return ep(["a cartoon face"] * args.images, edits={t: 2.0 for t in bank.tokens[:m]},
+                  num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens, output_type="pt")
+
     def timed(ep, m):
-        edits = {t: 2.0 for t in bank.tokens[:m]}
         best = float("inf")
         for _ in range(args.repeats):
-            gens = [torch.Generator().manual_seed(s) for s in range(args.images)]
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = ep(["a cartoon face"] * args.images, edits=edits, num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, generator=gens, output_type="pt")
+            out = call(ep, m)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
@@ -78,14 +82,20 @@ def main(argv=None) -> int:
     timed(fast, 1)  # warm-up
     rows = []
     print(f"device {dev} ({dt}), model {args.model}, {args.steps} steps, {args.images} images per call, CFG {args.guidance}")
-    print(f"{'directions':>10} {'batched img/s':>14} {'official img/s':>15} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'directions':>10} {'batched img/s':>14} {'official img/s':>15} {'speed-up':>9} {'max |diff|':>11} "
+          f"{'TFLOP/s b / o':>14} {'MFU b / o':>12}")
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     for m in counts:
         ips_fast, a = timed(fast, m)
         ips_ref, b = timed(ref, m)
         diff = (a.float() - b.float()).abs().max().item()
+        flops = count_flops(lambda m=m: call(fast, m)) / args.images  # per image, the same work both ways
+        mf, mr = mfu(flops * ips_fast, 1.0, dev), mfu(flops * ips_ref, 1.0, dev)
         rows.append({"directions": m, "batched_img_s": ips_fast, "official_img_s": ips_ref,
-                     "speedup": ips_fast / ips_ref, "max_abs_diff": diff})
-        print(f"{m:>10} {ips_fast:>14.3f} {ips_ref:>15.3f} {ips_fast / ips_ref:>8.2f}x {diff:>11.2e}")
+                     "speedup": ips_fast / ips_ref, "max_abs_diff": diff, "gflop_per_image": flops / 1e9,
+                     "batched_mfu": mf, "official_mfu": mr})
+        print(f"{m:>10} {ips_fast:>14.3f} {ips_ref:>15.3f} {ips_fast / ips_ref:>8.2f}x {diff:>11.2e} "
+              f"{flops * ips_fast / 1e12:>6.3f} / {flops * ips_ref / 1e12:<6.3f} {pct(mf):>5} / {pct(mr):<5}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": str(dev), "dtype": str(dt), "model": args.model, "rows": rows}, fh, indent=2)

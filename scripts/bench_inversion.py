@@ -1,4 +1,5 @@
-"""Inversion round trips: invert, then regenerate with no edit; PSNR against the input, DDIM vs null-text.
+"""Inversion round trips: invert, then regenerate with no edit; PSNR against the input, DDIM vs null-text (ours and
+Prompt-to-Prompt's, as the released NoiseCLR code).
 
 Runs on rendered toy faces (fresh seeds) and on scikit-image's astronaut photo (512x512 RGB, centre-cropped
 and resized to the model's resolution); also reports the VAE-only round trip, the ceiling of both.
@@ -33,9 +34,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--faces", type=int, default=4, help="rendered toy faces to invert")
     p.add_argument("--null-text-iters", type=int, default=10)
+    p.add_argument("--prompt", default="a cartoon face", help="prompt of the null-text-p2p inversion (CFG 7.5)")
     p.add_argument("--no-astronaut", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    from noiseclr_lab.editing.inversion import METHODS
+
     pipe = load_pipeline(args.model, device=args.device)
     ep = EditPipeline(pipe)
     images = {}
@@ -51,13 +55,15 @@ def main(argv=None) -> int:
         images["astronaut"] = data.astronaut()
     rows = []
     print(f"model {args.model}, {args.steps} steps, null-text {args.null_text_iters} iterations per step")
-    print(f"{'image':<10} {'VAE only':>9} {'DDIM':>7} {'null-text':>10} {'DDIM s':>7} {'null s':>7}")
+    print(f"{'image':<10} {'VAE only':>9} {'DDIM':>7} {'null-text':>10} {'null-p2p':>9} {'DDIM s':>7} {'null s':>7} "
+          f"{'p2p s':>6}")
     for name, img in images.items():
         res = {"image": name}
-        for method in ("ddim", "null-text"):
+        for method in METHODS:
             t0 = time.perf_counter()
             inv = invert(pipe, img, num_inference_steps=args.steps, method=method,
-                         null_text_iters=args.null_text_iters, progress=False)
+                         null_text_iters=args.null_text_iters, progress=False,
+                         prompt=args.prompt if method == "null-text-p2p" else "")
             out = ep(inversion=inv, output_type="pt").images
             res[f"{method}_s"] = time.perf_counter() - t0
             target = pipe.image_processor.pil_to_numpy([inv.image])
@@ -67,12 +73,12 @@ def main(argv=None) -> int:
                 res["vae"] = psnr(ep.decode(inv.latents[0], "pt").cpu(), target)
                 res["notes"] = inv.notes
         rows.append(res)
-        print(f"{name:<10} {res['vae']:>9.2f} {res['ddim']:>7.2f} {res['null-text']:>10.2f} {res['ddim_s']:>7.1f} "
-              f"{res['null-text_s']:>7.1f}")
+        print(f"{name:<10} {res['vae']:>9.2f} {res['ddim']:>7.2f} {res['null-text']:>10.2f} {res['null-text-p2p']:>9.2f} "
+              f"{res['ddim_s']:>7.1f} {res['null-text_s']:>7.1f} {res['null-text-p2p_s']:>6.1f}")
     faces = [r for r in rows if r["image"].startswith("face")]
     if faces:
         print(f"{'faces mean':<10} {np.mean([r['vae'] for r in faces]):>9.2f} {np.mean([r['ddim'] for r in faces]):>7.2f} "
-              f"{np.mean([r['null-text'] for r in faces]):>10.2f}")
+              f"{np.mean([r['null-text'] for r in faces]):>10.2f} {np.mean([r['null-text-p2p'] for r in faces]):>9.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import torch
 
+from noiseclr_lab.perf import count_flops, peak_tflops
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
-
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks
 
 
 def _trainer(args, schedule: str, m: int, out: str) -> Trainer:
@@ -59,11 +58,7 @@ def _step(trainer: Trainer, step: int) -> float:
 
 
 def _flops_per_step(step) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        step(10**5)
-    return float(fc.get_total_flops())
+    return count_flops(lambda: step(10**5))
 
 
 class ReleaseStep:
@@ -158,7 +153,7 @@ def throughput(args) -> list[dict]:
     rows = []
     cuda = torch.cuda.is_available() and args.device != "cpu"
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_tflops("cuda") if cuda else None
     print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}")
     print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'MFU':>6}")
     for m in [int(x) for x in args.m.split(",")]:

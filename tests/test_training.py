@@ -220,3 +220,19 @@ def test_two_gpu_processes_equal_one(tiny_pipe_dir, tmp_path):
     a = DirectionBank.load(tmp_path / "one" / "directions.safetensors").embeddings
     b = DirectionBank.load(tmp_path / "two" / "directions.safetensors").embeddings
     assert torch.allclose(a, b, atol=1e-3)  # TF32 / kernel differences between batch sizes on the GPU
+
+
+def test_presets_load_and_official_follows_the_released_defaults():
+    from noiseclr_lab.training import load_preset
+    from noiseclr_lab.training.config import list_presets
+
+    assert {"official", "toy-faces", "toy-faces-v1"} <= set(list_presets())
+    for name in list_presets():
+        TrainConfig.from_dict(load_preset(name))  # every shipped preset is a valid config
+    off = TrainConfig.from_dict(load_preset("official"))
+    # the released code: N(0, 1) new rows (transformers 4.34 resize), AdamW's 0.01 decay, fp32, per-process loss
+    assert (off.init, off.init_std, off.weight_decay, off.mixed_precision, off.loss_scope) == \
+        ("random", 1.0, 0.01, "no", "per-process")
+    assert (off.schedule, off.tokens_per_iter, off.temperature, off.grad_accum, off.scale_lr, off.t_min, off.t_max) == \
+        ("official", 20, 0.5, 4, True, 0, 1000)
+    assert off.select == 0 and off.strength_weight == 0.0  # nothing of ours beyond the paper

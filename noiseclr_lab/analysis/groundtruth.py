@@ -206,7 +206,7 @@ def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES,
 def effect_heatmap(results: dict, factors: list[str], cell: int = 26) -> Image.Image:
     """Side-by-side K x F heat maps (white = no effect, dark blue = the factor flips), one per bank."""
     font = label_font(11)
-    label_w, head_h, gap = 110, 104, 20
+    label_w, head_h, gap = 110, 118, 20
     panels = []
     for name, res in results.items():
         eff = np.asarray(res["effect"])
@@ -215,10 +215,13 @@ def effect_heatmap(results: dict, factors: list[str], cell: int = 26) -> Image.I
         d = ImageDraw.Draw(img)
         m = res["metrics"]
         d.text((4, 4), f"{name}: coverage {m['coverage']:.0f}/{F}, modularity {m['modularity_mean']:.2f}", fill="black", font=font)
+        if "metrics_raw" in res:  # the raw means beside the shrunk ones
+            r = res["metrics_raw"]
+            d.text((4, 18), f"raw means: {r['coverage']:.0f}/{F}, {r['modularity_mean']:.2f}", fill="black", font=font)
         for j, f in enumerate(factors):  # factor names written upwards above their column
-            txt = Image.new("RGB", (head_h - 24, cell), "white")
+            txt = Image.new("RGB", (head_h - 38, cell), "white")
             ImageDraw.Draw(txt).text((2, cell // 2), f[:12], fill="black", anchor="lm", font=font)
-            img.paste(txt.rotate(90, expand=True), (label_w + j * cell, 22))
+            img.paste(txt.rotate(90, expand=True), (label_w + j * cell, 36))
         for k, row in enumerate(res["directions"]):
             d.text((4, head_h + k * cell + cell // 2), (row["token"] + " " + row["label"])[:16], fill="black", anchor="lm", font=font)
             for j in range(F):

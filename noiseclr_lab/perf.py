@@ -1,0 +1,38 @@
+"""Speed accounting shared by the benchmarks and the sweeps: FLOPs of a call and model FLOPs utilisation (MFU).
+
+MFU = (FLOPs the work needs, counted by ``torch.utils.flop_counter``) / seconds / the chip's dense bf16/fp16
+tensor-core peak. The peak is known for the GPUs below (by name); elsewhere MFU is None and only the achieved
+FLOP rate is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
+
+
+def peak_tflops(device: torch.device | str | None = None) -> float | None:
+    """The dense bf16/fp16 peak (TFLOP/s) of ``device`` when it is a known CUDA GPU, else None."""
+    device = torch.device(device) if device is not None else None
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), as ``torch.utils.flop_counter`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def mfu(flops: float, seconds: float, device: torch.device | str | None = None) -> float | None:
+    """Model FLOPs utilisation of ``flops`` done in ``seconds`` on ``device`` (None where the peak is unknown)."""
+    peak = peak_tflops(device)
+    return None if peak is None or seconds <= 0 else flops / seconds / (peak * 1e12)
