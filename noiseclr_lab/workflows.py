@@ -509,7 +509,7 @@ class DemoResult:
 
 def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seeds: int = 12,
          scales: Sequence[float] = (-6.0, -3.0, 3.0, 6.0), eval_steps: int = 15, device=None,
-         log: Callable[[str], None] | None = None) -> DemoResult:
+         log: Callable[[str], None] | None = None, overrides: dict | None = None) -> DemoResult:
     """The whole loop on the toy faces model: render training faces, train the ``toy-faces`` preset (resuming a
     stopped demo), score the directions and baselines against the toy probe, and analyse them with the toy
     CLIP (reading the same cached sweep images).
@@ -517,6 +517,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     Args:
         out: the demo folder (``data/`` and ``run/`` go inside).
         steps: override the preset's training steps.
+        overrides: other ``TrainConfig`` fields to override in the preset (e.g. ``{"select": 0}``).
         seeds, scales, eval_steps: the evaluation sweep.
         log: called with each progress line (None: silent).
     """
@@ -524,6 +525,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     t0 = time.time()
     out = Path(out)
     values = load_preset("toy-faces") | {"out": str(out / "run"), "device": device or ""}
+    values |= dict(overrides or {})
     if steps:
         values["steps"] = steps
     data = out / "data"
@@ -531,8 +533,9 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
         render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
     values["data"] = str(data)
     cfg = TrainConfig.from_dict(values)
+    kept = f", keeping the {cfg.select} strongest distinct ones" if cfg.select else ""
     say(f"[1/5] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
-        f"({cfg.steps} steps)")
+        f"({cfg.steps} steps{kept})")
     run = train_run(cfg, resume=bool(RunDir(cfg.out).checkpoints()), log=say)
     say("[2/5] scoring the directions against the toy probe (and baselines)")
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,

@@ -73,8 +73,10 @@ def test_directions_page_filters_sorts_labels_and_exports(ws):
     assert not at.exception and not at.error
     assert "12 of 12 directions" in at.caption[0].value
     assert len(at.image) == 12  # every card shows its seeds x scales strip from the cached sweep
-    at.text_input(key="filter").set_value("<d1").run()  # <d1>, <d10>, <d11>, <d12>
-    assert "4 of 12 directions" in at.caption[0].value
+    tokens = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors").tokens  # a selection of <d1>..<d24>
+    part = tokens[0][:-2]  # e.g. "<d1" of "<d14>"
+    at.text_input(key="filter").set_value(part).run()
+    assert f"{sum(part in t for t in tokens)} of 12 directions" in at.caption[0].value
     at.text_input(key="filter").set_value("").run()
     at.selectbox(key="sort").set_value("consistency").run()
     assert not at.exception
@@ -84,7 +86,7 @@ def test_directions_page_filters_sorts_labels_and_exports(ws):
     at.button(key="FormSubmitter:label-0@toy/run-Save").click().run()
     bank = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors")
     with LabelStore(ws / "labels.sqlite") as store:
-        assert store.current(bank.content_hash())["<d1>"] == {"label": "smile", "notes": "clean on every seed",
+        assert store.current(bank.content_hash())[bank.tokens[0]] == {"label": "smile", "notes": "clean on every seed",
                                                              "verdict": "good"}
         assert store.journal_mode == "wal"
     export = next(b for b in at.button if b.label.startswith("Export"))
@@ -111,7 +113,8 @@ def test_compose_page_edits_and_its_recipe_replays_to_the_same_pixels(ws, tmp_pa
     at.button[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     res, seconds = at.session_state["composed::toy/run"]
-    assert res.recipe.windows == {"<d4>": [3, 15]} and res.recipe.steps == 15
+    fourth = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors").tokens[3]
+    assert res.recipe.windows == {fourth: [3, 15]} and res.recipe.steps == 15
     recipe = tmp_path / "recipe.json"
     res.recipe.save(recipe)
     assert main(["edit", "--recipe", str(recipe), "--out", str(tmp_path / "replay.png"), "--device", "cpu"]) == 0
@@ -286,7 +289,8 @@ def test_dashboard_in_a_real_browser(live_dashboard, ws, page, tmp_path):
     page.get_by_role("option", name="toy/run").click()
     page.wait_for_timeout(2000)  # the page reruns for the other run (its widgets are replaced)
     page.locator('[data-testid="stMultiSelect"]').first.click()
-    page.get_by_role("option", name=re.compile(r"^<d1> ")).click()  # not the "Select all" entry
+    first = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors").tokens[0]
+    page.get_by_role("option", name=re.compile("^" + re.escape(first) + " ")).click()  # not "Select all"
     page.keyboard.press("Escape")
     compose = page.get_by_role("button", name="Compose")
     expect(compose).to_be_enabled()

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import pytest
 
 from noiseclr_lab.cli import main
+from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.reports import REPORT_SCHEMA, build_report, fmt, load_report, validate_report
 from noiseclr_lab.store import RunDir
@@ -156,6 +157,10 @@ def test_demo_writes_a_report_of_the_toy_model(toy_demo):
     """The README's main job ends with the report (demo-size artefacts of the shipped toy model)."""
     data = load_report(toy_demo.report.json)
     assert data["summary"]["base_model"] == "toy:faces" and data["summary"]["directions"] == 12
+    # the demo trained 24 directions and kept the 12 strongest distinct ones, by their CLIP effect
+    sel = json.loads(toy_demo.run.selection_path.read_text())
+    assert len(sel["directions"]) == 24 and len(DirectionBank.load(toy_demo.run.all_directions_path)) == 24
+    assert sel["kept"] == DirectionBank.load(toy_demo.run.directions_path).tokens and len(sel["kept"]) == 12
     gt = data["ground_truth"]
     assert gt["available"] and gt["factors"] == ["skin", "hair", "expression", "glasses", "eyes", "background"]
     assert [b["bank"] for b in gt["banks"]] == ["trained", "random", "supervised"]
