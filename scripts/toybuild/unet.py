@@ -89,61 +89,82 @@ class _EMA:
             p.copy_(s)
 
 
-def train_unet(cfg: BuildConfig, minutes: float) -> dict:
-    """Train text encoder + UNet jointly on cached latents of all domains, with min-SNR weighting and EMA."""
-    from noiseclr_lab.tokenizer import build_clip_tokenizer
+class JointState:
+    """Text encoder + UNet trained together: optimiser, EMA, the resumable checkpoint, caption ids and the
+    domain-mixed batches. Shared by the ``unet`` and ``unet-zsnr`` stages."""
 
-    dev = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data, lat = dataset(cfg), latents(cfg)
-    sf = 1.0 / float(json.loads((Path(cfg.work) / "build_log.json").read_text())["vae"]["latent_std"])
-    doms = list_domains()
-    z_all = {n: torch.from_numpy(lat[n]["latents"]) for n in doms}
-    tok = build_clip_tokenizer()
-    te, unet = make_text_encoder(cfg).to(dev), make_unet(cfg).to(dev)
-    params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.0)
-    ema = _EMA([te, unet], 0.999)
-    sched = make_scheduler("ddpm")
-    acp = sched.alphas_cumprod.to(dev)
-    snr = acp / (1 - acp)
-    ck_path = Path(cfg.work) / "unet.pt"
-    ck = load_ckpt(ck_path)
-    step = 0
-    if ck:
-        te.load_state_dict(ck["te"])
-        unet.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["opt"])
-        ema.load_state_dict(ck["ema"])
-        step = ck["step"]
-    rng = np.random.default_rng([cfg.seed, 11, step])
-    g = torch.Generator().manual_seed(cfg.seed + 11 + step)
-    cache: dict[str, torch.Tensor] = {}
+    def __init__(self, cfg: BuildConfig, te, unet, lr: float, ck_path: Path, scaling_factor: float):
+        from noiseclr_lab.tokenizer import build_clip_tokenizer
 
-    def ids_of(captions):
-        missing = [c for c in set(captions) if c not in cache]
+        self.cfg, self.te, self.unet, self.ck_path, self.sf = cfg, te, unet, ck_path, scaling_factor
+        self.params = list(te.parameters()) + list(unet.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.ema = _EMA([te, unet], 0.999)
+        self.tok = build_clip_tokenizer()
+        self.cache: dict[str, torch.Tensor] = {}
+        self.step = 0
+        ck = load_ckpt(ck_path)
+        if ck:
+            te.load_state_dict(ck["te"])
+            unet.load_state_dict(ck["unet"])
+            self.opt.load_state_dict(ck["opt"])
+            self.ema.load_state_dict(ck["ema"])
+            self.step = ck["step"]
+
+    def save(self, step: int) -> None:
+        save_torch_atomic({"te": self.te.state_dict(), "unet": self.unet.state_dict(), "opt": self.opt.state_dict(),
+                           "ema": self.ema.state_dict(), "step": step, "scaling_factor": self.sf}, self.ck_path)
+
+    def ids_of(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in set(captions) if c not in self.cache]
         if missing:
-            enc = tok(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-            cache.update(zip(missing, enc))
-        return torch.stack([cache[c] for c in captions])
+            enc = self.tok(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            self.cache.update(zip(missing, enc))
+        return torch.stack([self.cache[c] for c in captions])
 
-    def save(step):
-        save_torch_atomic({"te": te.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict(),
-                     "ema": ema.state_dict(), "step": step, "scaling_factor": sf}, ck_path)
-
-    te.train()
-    unet.train()
-
-    def one_step(step):
-        # every batch mixes the domains
-        per = [cfg.unet_batch // len(doms) + (i < cfg.unet_batch % len(doms)) for i in range(len(doms))]
+    def batch(self, z_all: dict, data: dict, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
+        """Unscaled latents and captions of one batch that mixes every domain equally."""
+        doms = list(z_all)
+        n_b = self.cfg.unet_batch
+        per = [n_b // len(doms) + (i < n_b % len(doms)) for i in range(len(doms))]
         zs, caps = [], []
         for n, k in zip(doms, per):
             idx = rng.integers(len(z_all[n]), size=k)
             zs.append(z_all[n][idx].float())
             dom = get_domain(n)
-            caps += [training_caption(dom, data[n]["records"][i], rng, cfg) for i in idx]
-        z0 = torch.cat(zs).to(dev) * sf
+            caps += [training_caption(dom, data[n]["records"][i], rng, self.cfg) for i in idx]
+        return torch.cat(zs), caps
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept in {self.ck_path}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.ema.update(step)
+
+
+def train_unet(cfg: BuildConfig, minutes: float) -> dict:
+    """Train text encoder + UNet jointly on cached latents of all domains, with min-SNR weighting and EMA."""
+    dev = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data, lat = dataset(cfg), latents(cfg)
+    sf = 1.0 / float(json.loads((Path(cfg.work) / "build_log.json").read_text())["vae"]["latent_std"])
+    z_all = {n: torch.from_numpy(lat[n]["latents"]) for n in list_domains()}
+    te, unet = make_text_encoder(cfg).to(dev), make_unet(cfg).to(dev)
+    st = JointState(cfg, te, unet, cfg.unet_lr, Path(cfg.work) / "unet.pt", sf)
+    sched = make_scheduler("ddpm")
+    acp = sched.alphas_cumprod.to(dev)
+    snr = acp / (1 - acp)
+    rng = np.random.default_rng([cfg.seed, 11, st.step])
+    g = torch.Generator().manual_seed(cfg.seed + 11 + st.step)
+    te.train()
+    unet.train()
+
+    def one_step(step):
+        z, caps = st.batch(z_all, data, rng)
+        z0 = z.to(dev) * sf
         noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(z0),), generator=g).to(dev)
         zt = sched.add_noise(z0, noise, t)
@@ -151,24 +172,18 @@ def train_unet(cfg: BuildConfig, minutes: float) -> dict:
         lr = cfg.unet_lr * min(1.0, (step + 1) / 200) * decay
         if step >= cfg.unet_layout_lr_from:
             lr = cfg.unet_layout_lr
-        for pg in opt.param_groups:
+        for pg in st.opt.param_groups:
             pg["lr"] = lr
-        cond = te(ids_of(caps).to(dev))[0]
+        cond = te(st.ids_of(caps).to(dev))[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting (Hang et al. 2023)
         if step >= cfg.unet_layout_from and cfg.unet_layout_weight:
             w = w + cfg.unet_layout_weight * torch.clamp(1.0 / snr[t], max=10.0) * (t >= 400)
         loss = (w * (pred - noise).pow(2).flatten(1).mean(1)).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept in {ck_path}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
+        st.update(loss, step)
         return {"loss": f"{loss.item():.4f}"}
 
-    step = timeboxed("unet", minutes, step, one_step, save, save_every=240.0)
+    step = timeboxed("unet", minutes, st.step, one_step, st.save, save_every=240.0)
     return {"steps": step, "scaling_factor": sf}
 
 

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from noiseclr_lab.fileio import save_torch_atomic
 from noiseclr_lab.toyworld import ASSET_DIR, load_probe
-from noiseclr_lab.toyworld.domains import get_domain, list_domains
-from toybuild.common import BuildConfig, cosine_floor, dataset, load_ckpt, timeboxed, to_tensor
-from toybuild.unet import _EMA, text_fidelity, training_caption
+from noiseclr_lab.toyworld.domains import list_domains
+from toybuild.common import BuildConfig, cosine_floor, dataset, timeboxed, to_tensor
+from toybuild.unet import _EMA, JointState, text_fidelity
 
 SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
             "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}
@@ -76,81 +75,42 @@ def shipped_latents(cfg: BuildConfig, vae) -> dict:
 
 
 def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
-    from noiseclr_lab.tokenizer import build_clip_tokenizer
-
     dev = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     pipe = _shipped()
     sf = float(pipe.vae.config.scaling_factor)
     data, lat = dataset(cfg), shipped_latents(cfg, pipe.vae)
-    doms = list_domains()
-    z_all = {n: torch.from_numpy(lat[n]) for n in doms}
-    tok = build_clip_tokenizer()
+    z_all = {n: torch.from_numpy(lat[n]) for n in list_domains()}
     te, unet = pipe.text_encoder.to(dev).train(), pipe.unet.to(dev).train()
     te.requires_grad_(True)
     unet.requires_grad_(True)
-    params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    ema = _EMA([te, unet], 0.999)
+    st = JointState(cfg, te, unet, LR, Path(cfg.work) / CKPT, sf)
     sched = zsnr_scheduler("ddpm")
     acp = sched.alphas_cumprod.to(dev)
     snr = acp / (1 - acp)
-    ck_path = Path(cfg.work) / CKPT
-    ck = load_ckpt(ck_path)
-    step = 0
-    if ck:
-        te.load_state_dict(ck["te"])
-        unet.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["opt"])
-        ema.load_state_dict(ck["ema"])
-        step = ck["step"]
-    rng = np.random.default_rng([cfg.seed, 17, step])
-    g = torch.Generator().manual_seed(cfg.seed + 17 + step)
-    cache: dict[str, torch.Tensor] = {}
-
-    def ids_of(captions):
-        missing = [c for c in set(captions) if c not in cache]
-        if missing:
-            enc = tok(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-            cache.update(zip(missing, enc))
-        return torch.stack([cache[c] for c in captions])
-
-    def save(step):
-        save_torch_atomic({"te": te.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict(),
-                           "ema": ema.state_dict(), "step": step, "scaling_factor": sf}, ck_path)
+    rng = np.random.default_rng([cfg.seed, 17, st.step])
+    g = torch.Generator().manual_seed(cfg.seed + 17 + st.step)
 
     def one_step(step):
-        per = [cfg.unet_batch // len(doms) + (i < cfg.unet_batch % len(doms)) for i in range(len(doms))]
-        zs, caps = [], []
-        for n, k in zip(doms, per):
-            idx = rng.integers(len(z_all[n]), size=k)
-            zs.append(z_all[n][idx].float())
-            dom = get_domain(n)
-            caps += [training_caption(dom, data[n]["records"][i], rng, cfg) for i in idx]
-        z0 = torch.cat(zs).to(dev) * sf
+        z, caps = st.batch(z_all, data, rng)
+        z0 = z.to(dev) * sf
         noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(z0),), generator=g).to(dev)
         t[: len(t) // 8] = 999  # the terminal step, where only the caption says what goes where, is seen often
         zt = sched.add_noise(z0, noise, t)
         target = sched.get_velocity(z0, noise, t)
         lr = LR * min(1.0, (step + 1) / 100) * cosine_floor(step, DECAY_STEPS)
-        for pg in opt.param_groups:
+        for pg in st.opt.param_groups:
             pg["lr"] = lr
-        cond = te(ids_of(caps).to(dev))[0]
+        cond = te(st.ids_of(caps).to(dev))[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)  # min-SNR-5 in v space (Hang et al. 2023)
         loss = (w * (pred - target).pow(2).flatten(1).mean(1)).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {step}; last good checkpoint kept in {ck_path}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
+        st.update(loss, step)
         return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
 
-    step = timeboxed("unet-zsnr", minutes, step, one_step, save, save_every=240.0)
+    step = timeboxed("unet-zsnr", minutes, st.step, one_step, st.save, save_every=240.0)
     return {"steps": step, "scaling_factor": sf, "schedule": SCHEDULE | SAMPLER}
 
 
