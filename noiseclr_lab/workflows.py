@@ -116,6 +116,10 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
     ck = run.latest_checkpoint()
     if ck is None:
         raise NoiseCLRLabError(f"{run.path} has no checkpoint to select directions from; train it first.")
+    done = int(ck.name.removeprefix("step-")) if ck.name.startswith("step-") else -1
+    if done != cfg.steps:
+        raise NoiseCLRLabError(f"{run.path}: its last checkpoint is {ck.name}, not step-{cfg.steps}; finish training "
+                               "(train --resume) before selecting.")
     full = DirectionBank.load(ck / RunDir.DIRECTIONS)
     say = log or (lambda _msg: None)
     say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
@@ -127,9 +131,9 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                              prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
                              guidance_scale=cfg.validation_guidance)
     sel = select_directions(pipe, full, clip_model, cfg.select, settings, progress=progress)
-    full.save(run.all_directions_path)
+    full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
+    full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
     write_json_atomic(run.selection_path, sel.as_dict())
-    full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)
     return sel
 
 
@@ -429,6 +433,7 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
     import torch
 
     from noiseclr_lab.editing import invert
+    from noiseclr_lab.editing.inversion import p2p_args
     from noiseclr_lab.recipe import file_sha256
 
     bank = DirectionBank.load(recipe.bank)
@@ -448,7 +453,7 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
     inversion = None
     if recipe.image is not None:
         inversion = invert(pipe, recipe.image, num_inference_steps=recipe.steps, method=recipe.inversion,
-                           progress=progress, prompt=recipe.prompt if recipe.inversion == "null-text-p2p" else "")
+                           progress=progress, **p2p_args(recipe.inversion, recipe.prompt, recipe.guidance))
     out = ep(recipe.prompt, edits=recipe.edits, windows=recipe.windows, edit_start=recipe.edit_start,
              calibrated=recipe.calibrated, generator=torch.Generator().manual_seed(recipe.seed), inversion=inversion,
              num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, negative_prompt=recipe.negative_prompt)

@@ -199,6 +199,10 @@ def test_p2p_null_text_inversion_reconstructs_under_cfg(tiny_pipe):
         invert(tiny_pipe, img, num_inference_steps=STEPS, method="null-text-p2p", guidance_scale=1.0, progress=False)
     with pytest.raises(NoiseCLRLabError, match="null-text-p2p"):
         invert(tiny_pipe, img, num_inference_steps=STEPS, method="p2p", progress=False)
+    with pytest.raises(NoiseCLRLabError, match="give the prompt"):
+        invert(tiny_pipe, img, num_inference_steps=STEPS, method="null-text-p2p", progress=False)
+    with pytest.raises(NoiseCLRLabError, match="takes no negative prompt"):
+        ep(inversion=p2p, negative_prompt="blurry", output_type="latent")
 
 
 def test_v_prediction_zero_terminal_snr_models_invert_and_edit(tiny_pipe):

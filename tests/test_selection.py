@@ -71,6 +71,8 @@ def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tin
 
     init = make_baseline("init", kept, run, None, None)
     assert len(init) == 3
+    with pytest.raises(NoiseCLRLabError, match="finish training"):  # a stopped run is not selected from
+        select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"steps": 5}))
     with pytest.raises(NoiseCLRLabError, match="nothing to select"):
         select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 0}))
     with pytest.raises(NoiseCLRLabError, match="select must be"):

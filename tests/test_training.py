@@ -135,6 +135,9 @@ def test_extensions_strength_hinge_and_cosine_lr(cfg):
     lrs = [tr.lr_at(s) for s in range(11)]
     assert lrs[0] == pytest.approx(tr.cfg.lr) and lrs[1] == pytest.approx(tr.cfg.lr)  # warm-up, then the peak
     assert lrs[-1] == pytest.approx(0.2 * tr.cfg.lr) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    train(cfg(steps=2, lr_schedule="cosine", checkpoint_every=0, out=str(cfg().out) + "-cosrun"))
+    with pytest.raises(NoiseCLRLabError, match="cosine schedule decays over them"):  # it would jump back up
+        Trainer(cfg(steps=4, lr_schedule="cosine", checkpoint_every=0, out=str(cfg().out) + "-cosrun"), resume=True)
     with pytest.raises(NoiseCLRLabError, match="lr_schedule"):
         cfg(lr_schedule="step")
     with pytest.raises(NoiseCLRLabError, match="strength_target"):

@@ -60,6 +60,7 @@ def cmd_edit(args) -> int:
 def _grid(args) -> int:
     from noiseclr_lab.directions import DirectionBank
     from noiseclr_lab.editing import EditPipeline, edit_grid, invert
+    from noiseclr_lab.editing.inversion import p2p_args
     from noiseclr_lab.fileio import save_image_atomic
     from noiseclr_lab.models import load_pipeline
 
@@ -75,7 +76,7 @@ def _grid(args) -> int:
     inversion = None
     if args.image is not None:
         inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion,
-                           prompt=args.prompt if args.inversion == "null-text-p2p" else "")
+                           **p2p_args(args.inversion, args.prompt, args.guidance))
         for note in inversion.notes:
             print(f"image: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

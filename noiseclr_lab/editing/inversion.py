@@ -48,7 +48,7 @@ def eps_from_output(sched, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) 
     if kind == "v_prediction":
         return a.sqrt() * out + (1 - a).sqrt() * z
     if kind == "sample":
-        return (z - a.sqrt() * out) / (1 - a).sqrt()
+        return (z - a.sqrt() * out) / (1 - a).clamp_min(1e-8).sqrt()
     raise NoiseCLRLabError(f"Inversion does not support the scheduler's prediction_type {kind!r}.")
 
 
@@ -60,6 +60,12 @@ def encode_images(pipe, images: torch.Tensor) -> torch.Tensor:
 
 
 METHODS = ("ddim", "null-text", "null-text-p2p")
+
+
+def p2p_args(method: str, prompt: str, guidance_scale: float) -> dict:
+    """``invert`` keyword arguments of a job's edit settings: null-text-p2p inverts under the job's prompt and CFG
+    scale (the edits then run with both); the other methods invert under the empty prompt."""
+    return {"prompt": prompt, "guidance_scale": guidance_scale} if method == "null-text-p2p" else {"prompt": ""}
 P2P_GUIDANCE = 7.5  # Prompt-to-Prompt's null-text inversion guidance scale
 
 
@@ -77,6 +83,8 @@ def invert(pipe, image, num_inference_steps: int = 50, method: str = "ddim", pro
         raise NoiseCLRLabError(f"Unknown inversion method {method!r}; use one of {', '.join(METHODS)}.")
     if method == "null-text-p2p" and not guidance_scale > 1.0:
         raise NoiseCLRLabError(f"null-text-p2p optimises the CFG unconditional: guidance_scale must be > 1, got {guidance_scale}.")
+    if method == "null-text-p2p" and not prompt:
+        raise NoiseCLRLabError("null-text-p2p inverts under CFG with a prompt: give the prompt that describes the image.")
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise NoiseCLRLabError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
     helper = EditPipeline(pipe)
@@ -160,8 +168,9 @@ def _null_text(unet, sched, latents, timesteps, emb, iters, lr, progress) -> tup
 def _null_text_p2p(unet, sched, latents, timesteps, cond, empty, w, iters, lr, progress) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt-to-Prompt's null-text inversion: per sampling step i, the CFG unconditional null_i (started from
     the previous step's, first from E("")) that makes one guided DDIM step land on the inverted path; Adam with
-    lr * (1 - i / 100), at most ``iters`` iterations, stopping once the mismatch is below 1e-5 + 2e-5 * i; the
-    last iterate is kept. Returns (nulls (N, B, L, D), losses (N, 2): mismatch before / after)."""
+    lr * (1 - i' / 100), at most ``iters`` iterations, stopping once the mismatch is below 1e-5 + 2e-5 * i', with
+    i' = 50 i / N the step index on Prompt-to-Prompt's 50-step schedule (i' = i at N = 50); the last iterate is
+    kept. Returns (nulls (N, B, L, D), losses (N, 2): mismatch before / after)."""
     n = len(timesteps)
     z = latents[-1]
     null = empty.clone().float()
@@ -171,7 +180,8 @@ def _null_text_p2p(unet, sched, latents, timesteps, cond, empty, w, iters, lr, p
         with torch.no_grad():
             eps_c = unet(z, t, encoder_hidden_states=cond).sample
         null = null.detach().clone().requires_grad_(True)  # a copy: the stored previous step must not move
-        opt = torch.optim.Adam([null], lr=lr * (1.0 - i / 100.0))
+        frac = i / n * 50  # Prompt-to-Prompt's step index on its 50-step schedule
+        opt = torch.optim.Adam([null], lr=lr * (1.0 - frac / 100.0))
         first = last = None
         with torch.enable_grad():
             for _ in range(iters):
@@ -183,7 +193,7 @@ def _null_text_p2p(unet, sched, latents, timesteps, cond, empty, w, iters, lr, p
                 (grad,) = torch.autograd.grad(loss, [null])
                 null.grad = grad
                 opt.step()
-                if last < 1e-5 + i * 2e-5:
+                if last < 1e-5 + frac * 2e-5:
                     break
         null = null.detach()
         with torch.no_grad():

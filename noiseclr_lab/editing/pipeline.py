@@ -253,6 +253,9 @@ class EditPipeline:
             else:
                 lam[tok] = e["scale"]
         negs = None
+        if negative_prompt is not None and inversion is not None and inversion.null_embeddings is not None:
+            raise NoiseCLRLabError("A null-text inversion replaces the base term with its own embeddings; "
+                                   "it takes no negative prompt.")
         if negative_prompt is not None:
             negs = [negative_prompt] * B if isinstance(negative_prompt, str) else list(negative_prompt)
             if len(negs) != B:

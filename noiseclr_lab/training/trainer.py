@@ -199,6 +199,8 @@ class Trainer:
         old = self.rundir.read_config()["config"]
         new = self.cfg.to_dict()
         diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        if new.get("lr_schedule") == "cosine" and old.get("steps") != new["steps"]:
+            diff.append("steps (the cosine schedule decays over them)")
         if diff:
             raise NoiseCLRLabError(f"--resume: the config differs from the run's in {diff}; those must stay the same.")
 

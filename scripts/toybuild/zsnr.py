@@ -19,7 +19,6 @@ the work folder's build log under ``unet_zsnr``; the shipped model stays until t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from noiseclr_lab.fileio import write_json_atomic
 from noiseclr_lab.toyworld import ASSET_DIR, load_probe
 from noiseclr_lab.toyworld.domains import list_domains
 from toybuild.common import BuildConfig, cosine_floor, dataset, timeboxed, to_tensor
@@ -106,6 +106,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
         cond = te(st.ids_of(caps).to(dev))[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)  # min-SNR-5 in v space (Hang et al. 2023)
+        w = torch.where(snr[t] == 0, torch.ones_like(w), w)  # SNR 0 (t = 999) would get weight 0: 1, as diffusers
         loss = (w * (pred - target).pow(2).flatten(1).mean(1)).mean()
         st.update(loss, step)
         return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
@@ -141,10 +142,13 @@ def export_zsnr(cfg: BuildConfig, out: Path) -> dict:
     res = measure_zsnr(cfg)
     pipe = assemble_zsnr(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "pipeline.tmp"
+    tmp, old = out / "pipeline.tmp", out / "pipeline.old"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)
-    shutil.rmtree(out / "pipeline", ignore_errors=True)
+    if (out / "pipeline").exists():  # the old folder stays until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out / "pipeline", old)
     os.replace(tmp, out / "pipeline")
-    (out / "unet_zsnr_fidelity.json").write_text(json.dumps(res, indent=2))
+    shutil.rmtree(old, ignore_errors=True)
+    write_json_atomic(out / "unet_zsnr_fidelity.json", res)
     return res

@@ -54,9 +54,15 @@ def greedy_select(strength, axis, keep: int, max_similarity: float = MAX_SIMILAR
             dup[k] = kept[int(np.argmax(sims))]
         else:
             kept.append(k)
+    distinct = list(kept)
     for k in order:  # fewer distinct edits than keep: the strongest duplicates fill up
         if len(kept) == keep:
             break
         if k not in kept:
             kept.append(k)
+    for k in range(K):  # every direction not kept as distinct: which distinct kept edit it repeats, if any
+        if k not in distinct and dup[k] is None and distinct:
+            sims = [abs(float(axis[k] @ axis[j])) for j in distinct]
+            if max(sims) > max_similarity:
+                dup[k] = distinct[int(np.argmax(sims))]
     return kept, dup
