@@ -116,7 +116,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--prompt", default="", help="prompt for generation (ignored with --image)")
     s.add_argument("--negative-prompt", default=None, help="negative prompt (generation with CFG)")
     s.add_argument("--steps", type=positive_int, default=50, help="denoising steps (num_inference_steps)")
-    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (generation only)")
+    s.add_argument("--guidance", type=float, default=7.5,
+                   help="classifier-free guidance scale (generation, and null-text-p2p inversion; other inversions edit "
+                        "without CFG)")
     s.add_argument("--seed", type=int, default=0, help="noise seed")
     s.add_argument("--out", type=Path, required=True, help="output PNG")
     s.add_argument("--grid", action="store_true", help="write a directions x scales grid instead of one image")
