@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from noiseclr_lab.perf import count_flops, peak_tflops
+from noiseclr_lab.perf import mfu as perf_mfu
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
 
@@ -175,7 +176,7 @@ def throughput(args) -> list[dict]:
                 mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 mfu = float("nan")
                 if cuda and peak:
-                    mfu = _flops_per_step(step) / dt / (peak * 1e12)
+                    mfu = perf_mfu(_flops_per_step(step), dt, "cuda")
                 edits = m * args.batch_size / dt
                 res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
                 print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noiseclr_lab.analysis.groundtruth import CALIBRATION_THRESHOLD, calibrate, effect_from_reading
+from noiseclr_lab.analysis.groundtruth import calibrated_effects, effect_from_reading
 from noiseclr_lab.analysis.metrics import compute_all
 from noiseclr_lab.analysis.readers import ProbeReader
 from noiseclr_lab.analysis.sweep import SweepReading, SweepSettings, read_sweep
@@ -34,10 +34,7 @@ def subset(reading: SweepReading, idx) -> SweepReading:
 
 
 def score(reading: SweepReading, scales) -> dict:
-    shrunk, raw = effect_from_reading(reading, 1.0)
-    eff, chosen = calibrate(shrunk, scales, CALIBRATION_THRESHOLD)
-    idx = [list(scales).index(c) for c in chosen]
-    eff_raw = raw[idx, np.arange(raw.shape[1])]
+    eff, eff_raw, _ = calibrated_effects(*effect_from_reading(reading, 1.0), scales)
     m, r = compute_all(eff), compute_all(eff_raw)
     return {"cov": m["coverage"], "cov_raw": r["coverage"], "mod": m["modularity_mean"], "mod_raw": r["modularity_mean"]}
 

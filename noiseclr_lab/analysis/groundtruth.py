@@ -93,6 +93,15 @@ def calibrate(sweep: np.ndarray, scales, threshold: float = CALIBRATION_THRESHOL
     return eff, chosen
 
 
+def calibrated_effects(sweep: np.ndarray, raw: np.ndarray, scales, threshold: float = CALIBRATION_THRESHOLD
+                       ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(K, F) shrunk and raw effect rows at each direction's calibrated scale (chosen on the shrunk sweep), and
+    the chosen scales."""
+    eff, chosen = calibrate(sweep, scales, threshold)
+    idx = [list(scales).index(c) for c in chosen]
+    return eff, raw[idx, np.arange(raw.shape[1])], chosen
+
+
 # --------------------------------------------------------------------------- baselines
 
 _BASELINES: Registry[Callable] = Registry("baseline")
@@ -184,9 +193,7 @@ def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES,
                              guidance_scale=guidance_scale, edit_start=edit_start)
     reading = read_sweep(EditPipeline(pipe, bank), reader, settings, progress, cache)
     sweep, raw = effect_from_reading(reading, noise_z)
-    eff, chosen = calibrate(sweep, scales, threshold)
-    idx = [list(scales).index(c) for c in chosen]
-    eff_raw = raw[idx, np.arange(len(bank))]
+    eff, eff_raw, chosen = calibrated_effects(sweep, raw, scales, threshold)
     mod, main, active = per_direction(eff)
     factors = list(reader.values)
     return {

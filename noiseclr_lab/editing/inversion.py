@@ -66,6 +66,8 @@ def p2p_args(method: str, prompt: str, guidance_scale: float) -> dict:
     """``invert`` keyword arguments of a job's edit settings: null-text-p2p inverts under the job's prompt and CFG
     scale (the edits then run with both); the other methods invert under the empty prompt."""
     return {"prompt": prompt, "guidance_scale": guidance_scale} if method == "null-text-p2p" else {"prompt": ""}
+
+
 P2P_GUIDANCE = 7.5  # Prompt-to-Prompt's null-text inversion guidance scale
 
 

@@ -296,24 +296,28 @@ class Trainer:
                 eps = torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
                                    for j in range(M)])
         edits = (eps.float() - u.float()[None]).transpose(0, 1)  # (B, M, C, h, w)
-        W = acc.num_processes
-        if W > 1 and c.loss_scope == "global":  # all-gather the edits; only this process's slice carries gradient
+        if self.gathers:  # all-gather the edits; only this process's slice carries gradient
             gathered = acc.gather(edits.detach().contiguous())
             edits = torch.cat([gathered[: r * B], edits, gathered[(r + 1) * B :]])
         loss = noiseclr_loss(edits, c.temperature, anchors=self.anchors(M), patch_grid=c.patch_grid)
         if c.strength_weight:  # over the same (gathered) batch as the loss; only the local slice carries gradient
             un = u.flatten(1).float().norm(dim=-1)
-            if W > 1 and c.loss_scope == "global":
+            if self.gathers:
                 un = acc.gather(un.contiguous())
             loss = loss + c.strength_weight * strength_penalty(edits, un, c.strength_target)
         return loss
+
+    @property
+    def gathers(self) -> bool:
+        """Whether the loss is scored over the all-gathered global batch (several processes, loss_scope global)."""
+        return self.acc.num_processes > 1 and self.cfg.loss_scope == "global"
 
     @property
     def loss_weight(self) -> float:
         """Backward weight of a process's loss so that DDP's gradient mean is the objective's gradient: the
         global loss's gradient is the sum of every process's slice (DDP divides by the process count); the
         per-process objective is the mean of the processes' own losses (DDP's mean as it is)."""
-        return float(self.acc.num_processes) if self.cfg.loss_scope == "global" else 1.0
+        return float(self.acc.num_processes) if self.gathers else 1.0
 
     def anchors(self, m: int) -> list[int] | None:
         """Anchor columns of the loss among the m drawn directions (drawn in random order, so the first A are

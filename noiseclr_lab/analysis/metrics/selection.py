@@ -46,13 +46,17 @@ def greedy_select(strength, axis, keep: int, max_similarity: float = MAX_SIMILAR
     order = [int(k) for k in np.argsort(-strength, kind="stable")]
     kept: list[int] = []
     dup: list[int | None] = [None] * K
+
+    def repeats(k: int, among: list[int]) -> int | None:
+        """The direction of ``among`` whose axis is closest to k's, when within max_similarity; else None."""
+        sims = [abs(float(axis[k] @ axis[j])) for j in among]
+        return among[int(np.argmax(sims))] if sims and max(sims) > max_similarity else None
+
     for k in order:
         if len(kept) == keep:
             break
-        sims = [abs(float(axis[k] @ axis[j])) for j in kept]
-        if sims and max(sims) > max_similarity:
-            dup[k] = kept[int(np.argmax(sims))]
-        else:
+        dup[k] = repeats(k, kept)
+        if dup[k] is None:
             kept.append(k)
     distinct = list(kept)
     for k in order:  # fewer distinct edits than keep: the strongest duplicates fill up
@@ -61,8 +65,6 @@ def greedy_select(strength, axis, keep: int, max_similarity: float = MAX_SIMILAR
         if k not in kept:
             kept.append(k)
     for k in range(K):  # every direction not kept as distinct: which distinct kept edit it repeats, if any
-        if k not in distinct and dup[k] is None and distinct:
-            sims = [abs(float(axis[k] @ axis[j])) for j in distinct]
-            if max(sims) > max_similarity:
-                dup[k] = distinct[int(np.argmax(sims))]
+        if k not in distinct and dup[k] is None:
+            dup[k] = repeats(k, distinct)
     return kept, dup
