@@ -36,7 +36,7 @@ from noiseclr_lab.analysis.groundtruth import (
 )
 from noiseclr_lab.analysis.metrics.calibration import DEFAULT_TARGET
 from noiseclr_lab.analysis.readers import ProbeReader, Reader
-from noiseclr_lab.analysis.sweep import SweepSettings, fill_sweep_cache, sweep_cache_dir
+from noiseclr_lab.analysis.sweep import SweepSettings, SweepSpeed, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline, default_edit_start, resolve_edits
@@ -231,6 +231,14 @@ class AnalysisResult:
             sug = f"{d['suggested_label']} ({'+' if d['sign'] > 0 else '-'})"
             lines.append(f"{d['token']:<{width}}  {sug:<{lw}} {d['confidence']:>6.3f} {d['consistency']:>7.3f} "
                          f"{d['target_gain']:>6.3f} {d['off_target']:>6.3f}  {d['label']}")
+        sp = self.data.get("speed") or {}
+        if sp.get("images"):
+            rate = f"{sp['images_per_s']:.2f} images/s, {sp['tflop_per_s']:.3g} TFLOP/s"
+            rate += f", MFU {sp['mfu']:.1%}" if sp.get("mfu") is not None else " (MFU: no known peak for this device)"
+            lines.append(f"sweep: {sp['images']} images generated in {sp['seconds']:.1f} s on {sp['device']} "
+                         f"x{sp['processes']}: {rate}")
+        elif sp:
+            lines.append("sweep: every image read from the cache (nothing generated)")
         return "\n".join(lines)
 
 
@@ -287,12 +295,15 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     pipe = load_pipeline(model, device=device)
     bank.check_compatible(pipe.tokenizer, pipe.text_encoder)  # a bank of another text encoder fails before work
     cache_dir = sweep_cache_dir(run, bank, pipe, settings) if cache else None
+    speeds = None
     if procs.world > 1:  # each process makes its slice of the sweep; the main process reads it all from the cache
-        procs.on_every(lambda: fill_sweep_cache(EditPipeline(pipe, bank), settings, cache_dir, procs.rank,
-                                                procs.world, progress))
+        speeds = procs.on_every(lambda: fill_sweep_cache(EditPipeline(pipe, bank), settings, cache_dir, procs.rank,
+                                                         procs.world, progress))
     result = procs.on_main(lambda: analyze_bank(
         pipe, bank, clip_model, vocabulary, settings, cache=cache_dir, text_cache=run.analysis_dir if cache else None,
         noise_z=noise_z, progress=progress, calibration_target=calibration_target))
+    if speeds is not None:  # the sweep was made by every process side by side
+        result = result | {"speed": SweepSpeed.combine(speeds).summary()}
     data = {"schema": SCHEMA, "model": model, "clip": clip, "bank_hash": bank.content_hash(),
             "vocabulary": vocabulary.as_dict(), "settings": settings.as_dict() | {"noise_z": noise_z},
             # where the sweep's images are (relative to the run; reports read them without loading a model)
@@ -340,19 +351,21 @@ class _Processes:
 
         return gather_object([value])
 
-    def on_every(self, fn) -> None:
-        """``fn()`` on every process, then a barrier; a failure anywhere is the same one-line error everywhere
-        (no process is left waiting for one that died)."""
-        err = ""
+    def on_every(self, fn) -> list:
+        """``fn()`` on every process, then a barrier; returns every process's result (in rank order). A
+        failure anywhere is the same one-line error everywhere (no process is left waiting for one that died)."""
+        err, out = "", None
         try:
-            fn()
+            out = fn()
         except Exception as e:  # reported to every process below, then raised as one NoiseCLRLabError
             if self.world == 1:
                 raise
             err = f"process {self.rank}: {e}"
-        failed = [m for m in self._share(err) if m]
+        shared = self._share((out, err))
+        failed = [m for _, m in shared if m]
         if failed:
             raise NoiseCLRLabError(f"The sharded analysis failed on {failed[0]}")
+        return [o for o, _ in shared]
 
     def on_main(self, fn):
         """``fn()`` on the main process, its result given to every process (a failure: one error everywhere)."""

@@ -45,21 +45,30 @@ def _trainer(args, schedule: str, m: int, out: str) -> Trainer:
                       directions_per_step=m, tokens_per_iter=m - 1, schedule=schedule, batch_size=args.batch_size,
                       steps=10**6, num_images=max(64, args.batch_size), mixed_precision=args.mixed_precision,
                       gradient_checkpointing=args.gradient_checkpointing, device=args.device or "",
-                      checkpoint_every=0, cache_dir=args.cache_dir)
+                      checkpoint_every=0, cache_dir=args.cache_dir, compile=args.compile,
+                      channels_last=args.channels_last)
     return Trainer(cfg)
 
 
-def _step(trainer: Trainer, step: int) -> float:
+def _step(trainer: Trainer, step: int) -> torch.Tensor:
+    """One optimiser step as ``Trainer.run`` takes it (no host sync: the loss stays on the device)."""
     loss = trainer.loss_for(trainer.draw(step, 0))
     trainer.acc.backward(loss)
     trainer.opt.step()
     trainer.opt.zero_grad(set_to_none=True)
     trainer.constrain()
-    return loss.item()
+    return loss.detach()
 
 
-def _flops_per_step(step) -> float:
-    return count_flops(lambda: step(10**5))
+def _flops_per_step(step, trainer: Trainer | None = None) -> float:
+    """Model FLOPs of one step, counted on the uncompiled UNet (compiling changes no FLOP of the work)."""
+    if trainer is None:
+        return count_flops(lambda: step(10**5))
+    fn, trainer.unet_fn = trainer.unet_fn, trainer.pipe.unet
+    try:
+        return count_flops(lambda: step(10**5))
+    finally:
+        trainer.unet_fn = fn
 
 
 class ReleaseStep:
@@ -145,7 +154,7 @@ class ReleaseStep:
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             self.table[self.frozen] = self.original[self.frozen]
-        return loss.item()
+        return loss.detach()
 
 
 def throughput(args) -> list[dict]:
@@ -155,13 +164,16 @@ def throughput(args) -> list[dict]:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = peak_tflops("cuda") if cuda else None
-    print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}")
+    print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}, "
+          f"gradient checkpointing {args.gradient_checkpointing}, compile {args.compile} (ours), channels_last "
+          f"{args.channels_last} (ours), torch {torch.__version__}")
     print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'MFU':>6}")
     for m in [int(x) for x in args.m.split(",")]:
         res = {}
         for who in ("batched", "official", "release"):
             with tempfile.TemporaryDirectory() as tmp:
-                step = ReleaseStep(args, m) if who == "release" else partial(_step, _trainer(args, who, m, tmp))
+                tr = None if who == "release" else _trainer(args, who, m, tmp)
+                step = ReleaseStep(args, m) if who == "release" else partial(_step, tr)
                 for s in range(args.warmup):
                     step(s)
                 if cuda:
@@ -176,11 +188,11 @@ def throughput(args) -> list[dict]:
                 mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 mfu = float("nan")
                 if cuda and peak:
-                    mfu = perf_mfu(_flops_per_step(step), dt, "cuda")
+                    mfu = perf_mfu(_flops_per_step(step, tr), dt, "cuda")
                 edits = m * args.batch_size / dt
                 res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
                 print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)
-                del step
+                del step, tr
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
@@ -298,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--compile", default="no", choices=("no", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode of our trainer's UNet (the released way runs as released)")
+    p.add_argument("--channels-last", action="store_true", help="our trainer's UNet and latents in NHWC")
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--directions", type=int, default=12, help="K")
     p.add_argument("--m", default="4,8,12", help="throughput: directions per step to compare")

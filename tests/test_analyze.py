@@ -234,6 +234,10 @@ def test_two_processes_analyze_the_same_as_one(planted_source, tmp_path):
     assert len(a["composition"]["tokens"]) >= 2  # the composition ran (and was sharded too)
     assert b["directions"] == a["directions"] and b["composition"] == a["composition"]
     assert two.stdout.count("wrote ") == 1  # one report, printed by the main process
+    # speed: every image of the sweep was made once, by one process or shared by two (issue 20)
+    assert a["speed"]["images"] == b["speed"]["images"] == 2 + 3 * 2 * 2
+    assert a["speed"]["processes"] == 1 and b["speed"]["processes"] == 2
+    assert sum(p["images"] for p in b["speed"]["by_process"]) == 14 and "images/s" in two.stdout
     from safetensors import safe_open
 
     def makers(folder):

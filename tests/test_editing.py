@@ -44,6 +44,18 @@ def test_batched_equals_reference_loop(tiny_pipe, negative, guidance):
     b = ref(output_type="pt", num_inference_steps=STEPS, **kw)
     assert torch.allclose(a.images, b.images, atol=1e-5)
     assert a.unet_calls == STEPS and b.unet_calls > 3 * STEPS
+    rows = 2 * (1 + (guidance > 1) + (negative is not None or guidance == 1.0) + 3)  # images x terms
+    assert fast.work == ref.work == {"unet_rows": (STEPS - 4) * rows + 4 * (rows - 2), "decoded": 2}  # <d1>: 4 steps
+
+
+def test_channels_last_changes_no_image(tiny_pipe):
+    bank = _bank(tiny_pipe)
+    plain = _run(EditPipeline(tiny_pipe, bank), edits={"<d1>": 3.0}, guidance_scale=5.0)
+    nhwc = EditPipeline(tiny_pipe, bank, channels_last=True)
+    assert tiny_pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_run(nhwc, edits={"<d1>": 3.0}, guidance_scale=5.0), plain, atol=1e-5, rtol=1e-4)
+    with pytest.raises(NoiseCLRLabError, match="compile must be one of"):
+        EditPipeline(tiny_pipe, bank, compile="fastest")
 
 
 def test_unedited_matches_diffusers_and_zero_scale_is_identity(tiny_pipe):

@@ -118,3 +118,28 @@ def test_cached_sweep_resumes_and_is_reused_without_generating(edit_pipe, tmp_pa
     (folder / "base.safetensors").write_bytes(b"garbage")
     with pytest.raises(NoiseCLRLabError, match="damaged"):
         read_sweep(edit_pipe, MeanColour(), s, progress=False, cache=folder)
+
+
+def test_sweep_speed_books_the_work_it_generates(edit_pipe, tmp_path):
+    """images/s and FLOPs of a sweep: every UNet row and decode of the generated batches (warm-up included),
+    nothing for batches read from the cache; no MFU where the chip's peak is unknown (the CPU)."""
+    from noiseclr_lab.analysis.sweep import SweepSpeed
+    from noiseclr_lab.perf import count_flops
+
+    s = SweepSettings(scales=(-2.0, 4.0), seeds=2, num_inference_steps=3, guidance_scale=1.0, edit_start=1)
+    speed = SweepSpeed()
+    list(iter_sweep(edit_pipe, s, progress=False, cache=tmp_path / "c", speed=speed))
+    row, dec = edit_pipe.row_flops()
+    unet = edit_pipe.pipe.unet
+    z = torch.zeros(3, 4, unet.config.sample_size, unet.config.sample_size)
+    three = count_flops(lambda: unet(z, torch.tensor([10]), encoder_hidden_states=edit_pipe.encode([""] * 3)))
+    assert three == pytest.approx(3 * row) and dec > 0  # FLOPs are linear in the batch
+    # rows: warm-up 2 seeds x 1 step; base 2 x 2 steps; each direction 4 images x 2 steps x (base, direction)
+    assert speed.images == 2 + 2 * 4 and speed.flops == pytest.approx((2 + 4 + 2 * 16) * row + 10 * dec)
+    out = speed.summary()
+    assert out["images"] == 10 and out["images_per_s"] > 0 and out["tflop_per_s"] > 0 and out["mfu"] is None
+    again = SweepSpeed()
+    list(iter_sweep(edit_pipe, s, progress=False, cache=tmp_path / "c", speed=again))
+    assert again.summary()["images"] == 0 and again.summary()["images_per_s"] is None
+    both = SweepSpeed.combine([speed, again]).summary()
+    assert both["images"] == 10 and both["processes"] == 2 and len(both["by_process"]) == 2

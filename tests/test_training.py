@@ -239,3 +239,26 @@ def test_presets_load_and_official_follows_the_released_defaults():
     assert (off.schedule, off.tokens_per_iter, off.temperature, off.grad_accum, off.scale_lr, off.t_min, off.t_max) == \
         ("official", 20, 0.5, 4, True, 0, 1000)
     assert off.select == 0 and off.strength_weight == 0.0  # nothing of ours beyond the paper
+
+
+def test_speed_levers_change_no_result(cfg, tmp_path):
+    """compile and channels_last (issue 20's levers) give the loss and gradient of the plain step, and the
+    loop's deferred host sync writes the same metrics; torch.compile runs through inductor on the CPU."""
+    plain = Trainer(cfg(out=str(tmp_path / "plain")))
+    fast = Trainer(cfg(out=str(tmp_path / "fast"), compile="default", channels_last=True))
+    assert fast.unet_fn is not fast.pipe.unet and plain.unet_fn is plain.pipe.unet  # validation stays uncompiled
+    assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    def loss_and_grad(tr):
+        loss = tr.loss_for(tr.draw(3, 0))
+        loss.backward()
+        d = tr.acc.unwrap_model(tr.encoder).directions
+        g = d.grad.clone()
+        d.grad = None
+        return loss.item(), g
+
+    (a, ga), (b, gb) = loss_and_grad(plain), loss_and_grad(fast)
+    assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-5)
+    with pytest.raises(NoiseCLRLabError, match="compile must be one of"):
+        cfg(compile="fast")

@@ -23,7 +23,7 @@ from noiseclr_lab.analysis.metrics.calibration import DEFAULT_TARGET, calibrated
 from noiseclr_lab.analysis.metrics.consistency import consistency
 from noiseclr_lab.analysis.metrics.preservation import clip_similarity, pixel_rmse
 from noiseclr_lab.analysis.metrics.rescoring import group_effect, rescoring, strongest_scale, target_and_off_target
-from noiseclr_lab.analysis.sweep import SweepSettings, iter_sweep
+from noiseclr_lab.analysis.sweep import SweepSettings, SweepSpeed, iter_sweep
 from noiseclr_lab.analysis.vocab import Vocabulary
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline
@@ -96,7 +96,8 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
     f_ed: np.ndarray | None = None
     pix = np.zeros((n, K))
     lp_dist = np.full((n, K), np.nan)
-    for k, images in iter_sweep(ep, settings, progress, cache):
+    speed = SweepSpeed()
+    for k, images in iter_sweep(ep, settings, progress, cache, speed=speed):
         f = _features(clip, images, feat_dir, "base" if k is None else f"d{k:04d}")
         if k is None:  # the unedited batch comes first: what every edited batch is compared with
             f_base, x_base = f.numpy(), images.float()
@@ -175,4 +176,5 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
         "calibration_target": calibration_target,
         "rescoring_by_scale": {"mean": mean.round(5).tolist(), "se": se.round(5).tolist()},  # (n, K, A)
         "directions": directions,
+        "speed": speed.summary(),  # of the images generated here (none when the sweep was read from the cache)
     }

@@ -12,8 +12,9 @@ generates nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_safetensors_atomic, write_json_atomic
 from noiseclr_lab.models import pipeline_fingerprint, pipeline_spec
+from noiseclr_lab.perf import mfu, peak_tflops
 from noiseclr_lab.store import RunDir
 
 
@@ -77,6 +79,56 @@ class SweepReading:
     edited: dict[str, np.ndarray]  # {group: (n_scales, K, S, V)}
     tokens: list[str]  # the K directions, in bank order
     settings: SweepSettings
+
+
+@dataclass
+class SweepSpeed:
+    """How fast a sweep made its images: only batches generated here count (cached ones are read, not made).
+    ``flops`` is the model work (UNet rows x FLOPs of one row + decoded images x FLOPs of one decode, each
+    counted once on the pipeline), so ``tflop_per_s`` / the chip's peak is the sweep's MFU."""
+
+    images: int = 0  # images generated (base and edited)
+    seconds: float = 0.0  # wall time of generating them (warm-up latents included)
+    flops: float = 0.0
+    device: str = ""
+    processes: int = 1
+    by_process: list = field(default_factory=list)
+
+    def add(self, edit_pipe: EditPipeline, make):
+        """``make()``, timed and its FLOPs booked (the device is synchronised before the clock is read)."""
+        before = dict(edit_pipe.work)
+        t0 = time.perf_counter()
+        out = make()
+        if edit_pipe.device.type == "cuda":
+            torch.cuda.synchronize(edit_pipe.device)
+        self.seconds += time.perf_counter() - t0
+        row, dec = edit_pipe.row_flops()
+        self.flops += (edit_pipe.work["unet_rows"] - before["unet_rows"]) * row
+        self.flops += (edit_pipe.work["decoded"] - before["decoded"]) * dec
+        self.images += len(out)
+        self.device = str(edit_pipe.device)
+        return out
+
+    @classmethod
+    def combine(cls, parts: list[SweepSpeed]) -> SweepSpeed:
+        """Several processes' shares of one sweep, run side by side: images and FLOPs add, the wall time is the
+        slowest process's."""
+        return cls(images=sum(p.images for p in parts), seconds=max((p.seconds for p in parts), default=0.0),
+                   flops=sum(p.flops for p in parts), device=parts[0].device if parts else "",
+                   processes=len(parts), by_process=[p.summary() for p in parts])
+
+    def summary(self) -> dict:
+        """JSON-ready: images, seconds, images/s, TFLOP/s and, on a GPU of known peak, MFU (else None)."""
+        sec = self.seconds
+        out = {"images": self.images, "seconds": round(sec, 3),
+               "images_per_s": round(self.images / sec, 4) if sec > 0 else None,
+               "tflop_per_s": round(self.flops / sec / 1e12, 5) if sec > 0 else None,
+               "mfu": (round(mfu(self.flops, sec, self.device), 4) if sec > 0 and self.images and
+                       peak_tflops(self.device) else None),
+               "device": self.device, "processes": self.processes}
+        if self.by_process:
+            out["by_process"] = self.by_process
+        return out
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -140,7 +192,7 @@ def cached_batch(path: Path | None, make, maker: str = "0/1") -> dict[str, torch
 
 @torch.no_grad()
 def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool = True, cache: Path | None = None,
-               select=None, maker: str = "") -> Iterator[tuple[int | None, torch.Tensor]]:
+               select=None, maker: str = "", speed: SweepSpeed | None = None) -> Iterator[tuple[int | None, torch.Tensor]]:
     """Yield ``(None, base)`` then ``(k, edited)`` for each direction k of ``edit_pipe.bank``.
 
     base (S, 3, H, W) and edited (n_scales * S, 3, H, W) are float images in [0, 1] on the pipeline's device.
@@ -148,7 +200,9 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
     first time and read back afterwards, so an interrupted sweep resumes and other readers reuse it; the
     images are then the 8-bit ones on the first pass too, so cached and fresh passes agree exactly.
     ``select(b)`` (b = 0 for the base batch, k + 1 for direction k) limits the batches made and yielded;
-    ``maker`` ("rank/world") is recorded in each cached file's metadata (``made_by``).
+    ``maker`` ("rank/world") is recorded in each cached file's metadata (``made_by``). ``speed`` books the time
+    and work of every batch generated here (``SweepSpeed``; the shared warm-up goes to the first batch that
+    needs it).
     """
     bank = edit_pipe.bank
     if bank is None or len(bank) == 0:
@@ -160,13 +214,15 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
 
     def cached(name: str, make) -> torch.Tensor:
         path = Path(cache) / f"{name}.safetensors" if cache is not None else None
-        return cached_batch(path, lambda: {"images": make()}, maker or "0/1")["images"].to(edit_pipe.device)
+        timed = make if speed is None else (lambda: speed.add(edit_pipe, make))
+        return cached_batch(path, lambda: {"images": timed()}, maker or "0/1")["images"].to(edit_pipe.device)
 
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(cache) / "settings.json", s.as_dict() | {"tokens": list(bank.tokens)})
     if select is None or select(0):
-        yield None, cached("base", lambda: edit_pipe([s.prompt] * S, output_type="pt", **start(1), **common).images)
+        yield None, cached("base", lambda: edit_pipe([s.prompt] * S, output_type="pt", **start(1),
+                                                     **common).images)
     lam = [scale for scale in s.scales for _ in range(S)]
     for k, tok in enumerate(tqdm(bank.tokens, desc="sweep", disable=not progress, leave=False)):
         if select is None or select(k + 1):
@@ -176,14 +232,16 @@ def iter_sweep(edit_pipe: EditPipeline, settings: SweepSettings, progress: bool 
 
 
 def fill_sweep_cache(edit_pipe: EditPipeline, settings: SweepSettings, cache: Path, rank: int, world: int,
-                     progress: bool = True) -> None:
+                     progress: bool = True) -> SweepSpeed:
     """This process's share of a cached sweep: batch b (0 the unedited base, k + 1 direction k) is made by the
     process with rank b % world, unless it is on disk already. After every process has filled its share
     (a barrier), any process reads the whole sweep from ``cache``: the batches are the ones one process
-    would have made (each is the same seeds through the same pipeline)."""
+    would have made (each is the same seeds through the same pipeline). Returns this process's speed."""
+    speed = SweepSpeed()
     for _ in iter_sweep(edit_pipe, settings, progress, cache, select=lambda b: b % world == rank,
-                        maker=f"{rank}/{world}"):
+                        maker=f"{rank}/{world}", speed=speed):
         pass
+    return speed
 
 
 def read_sweep(edit_pipe: EditPipeline, readers: Reader | Mapping[str, Reader], settings: SweepSettings,

@@ -26,6 +26,7 @@ from diffusers import DDIMScheduler
 from noiseclr_lab.directions.bank import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.models import pipeline_spec
+from noiseclr_lab.perf import COMPILE_MODES, count_flops, speed_up
 
 EDIT_WARMUP = 0.2  # default share of the first denoising steps without edits (SEGA's edit_warmup_steps: 10 of 50)
 
@@ -131,14 +132,24 @@ class EditPipeline:
 
     ``EditPipeline(pipe, bank)`` installs the bank's tokens into ``pipe`` (idempotent). ``mode="reference"``
     runs one UNet call per term per step, like the official editing code; ``"batched"`` (default) runs one.
+    ``compile`` / ``channels_last`` are ``noiseclr_lab.perf.speed_up``'s levers for the UNet calls of this
+    pipeline (``pipe.unet`` itself stays uncompiled). ``work`` counts what the pipeline has done (UNet rows,
+    i.e. latent images through the UNet, and images decoded), so callers can turn time into FLOP rates.
     """
 
-    def __init__(self, pipe, bank: DirectionBank | None = None, mode: str = "batched"):
+    def __init__(self, pipe, bank: DirectionBank | None = None, mode: str = "batched", compile: str = "no",
+                 channels_last: bool = False):
         self.pipe = pipe
         self.bank = bank
         if mode not in ("batched", "reference"):
             raise NoiseCLRLabError(f"Unknown mode {mode!r}; use 'batched' or 'reference'.")
         self.mode = mode
+        if compile not in COMPILE_MODES:
+            raise NoiseCLRLabError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}.")
+        self.channels_last = channels_last
+        self._unet = speed_up(pipe.unet, compile, channels_last)
+        self.work = {"unet_rows": 0, "decoded": 0}
+        self._row_flops: tuple[float, float] | None = None
         self.scheduler = ddim_scheduler(pipe)
         if bank is not None:
             bank.install(pipe)
@@ -187,7 +198,10 @@ class EditPipeline:
     def _eps(self, z: torch.Tensor, t, embs: torch.Tensor) -> torch.Tensor:
         """eps for every term: z (B, C, h, w), embs (T, B, L, D) -> (T, B, C, h, w)."""
         T, B = embs.shape[:2]
-        unet = self.pipe.unet
+        unet = self._unet
+        self.work["unet_rows"] += T * B
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         if self.mode == "batched":
             out = unet(z.repeat(T, 1, 1, 1), t, encoder_hidden_states=embs.flatten(0, 1)).sample
             return out.unflatten(0, (T, B))
@@ -293,11 +307,12 @@ class EditPipeline:
         embs_all = self.encode([t for row in texts for t in row]).unflatten(0, (len(texts), B))
 
         calls = 0
+        nonzero = [bool((lam[tok] != 0).any()) if torch.is_tensor(lam[tok]) else lam[tok] != 0.0 for tok in tokens]
         for i, t in enumerate(timesteps):
             if not start_step <= i < stop_step:
                 continue
             active = [j for j, tok in enumerate(tokens) if spec[tok]["window"][0] <= i < spec[tok]["window"][1]
-                      and (bool((lam[tok] != 0).any()) if torch.is_tensor(lam[tok]) else lam[tok] != 0.0)]
+                      and nonzero[j]]
             rows = list(range(i_dir0)) + [i_dir0 + j for j in active]
             embs = embs_all[rows]
             if nulls is not None:
@@ -316,10 +331,27 @@ class EditPipeline:
         return EditOutput(images=self.decode(z, output_type), latents=z0, edits=spec, unet_calls=calls)
 
     @torch.no_grad()
+    def row_flops(self) -> tuple[float, float]:
+        """FLOPs of one UNet row (one latent image, one text) and of decoding one image, counted once
+        (``noiseclr_lab.perf.count_flops`` on the uncompiled models) and kept."""
+        if self._row_flops is None:
+            unet, vae = self.pipe.unet, self.pipe.vae
+            side = int(unet.config.sample_size)
+            z = torch.zeros(1, unet.config.in_channels, side, side, device=self.device, dtype=unet.dtype)
+            emb = self.encode([""])
+            t = torch.tensor([500], device=self.device)
+            row = count_flops(lambda: unet(z, t, encoder_hidden_states=emb.to(unet.dtype)))
+            zl = torch.zeros(1, vae.config.latent_channels, side, side, device=self.device, dtype=vae.dtype)
+            dec = count_flops(lambda: vae.decode(zl))
+            self._row_flops = (row, dec)
+        return self._row_flops
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, output_type: str = "pil"):
         """Latents (B, C, h, w) -> images in ``output_type``."""
         if output_type == "latent":
             return z
         vae = self.pipe.vae
+        self.work["decoded"] += len(z)
         x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample
         return self.pipe.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))

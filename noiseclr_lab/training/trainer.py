@@ -34,6 +34,7 @@ from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.perf import speed_up
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
 from noiseclr_lab.training.loss import noiseclr_loss, strength_penalty
@@ -124,6 +125,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             pipe.unet.train()  # diffusers checkpoints only in train mode; SD's UNet has no dropout
+        # the training step's UNet call (compiled when asked; validation and selection call pipe.unet as it is)
+        self.unet_fn = speed_up(pipe.unet, cfg.compile, cfg.channels_last)
         self.fingerprint = tokenizer_fingerprint(pipe.tokenizer)
         self.tokens = [f"<d{i + 1}>" for i in range(cfg.num_directions)]
         clash = [t for t in self.tokens if t in pipe.tokenizer.get_vocab() and t not in pipe.tokenizer.get_added_vocab()]
@@ -139,7 +142,8 @@ class Trainer:
         res = side * int(pipe.vae_scale_factor)
         with acc.main_process_first():
             images, data_fp = load_training_images(cfg.data, res, cfg.num_images, cfg.seed, cfg.max_images)
-            self.latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
+            latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
+        self.latents = latents.to(acc.device)  # kept on the device: a step gathers its batch there, no copy
         self.data_fingerprint = data_fp
         global_b = cfg.batch_size * acc.num_processes
         if len(self.latents) < global_b or len(self.latents) < 2:
@@ -278,11 +282,13 @@ class Trainer:
         sl = slice(r * B, (r + 1) * B)
         dev = acc.device
         dtype = self.pipe.unet.dtype
-        z0 = self.latents[draw["idx"][sl]].to(dev, dtype)
-        noise = draw["noise"][sl].to(dev, dtype)
-        t = draw["t"].to(dev)
-        zt = self.noise_sched.add_noise(z0, noise, t)
-        unet = self.pipe.unet
+        fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+        z0 = self.latents[draw["idx"][sl].to(dev)].to(dtype)
+        noise = draw["noise"][sl]
+        noise = (noise.pin_memory() if dev.type == "cuda" else noise).to(dev, dtype, non_blocking=True)
+        t = draw["t"].to(dev, non_blocking=True)
+        zt = self.noise_sched.add_noise(z0, noise, t).contiguous(memory_format=fmt)
+        unet = self.unet_fn
         with torch.no_grad(), acc.autocast():
             u = unet(zt, t, encoder_hidden_states=self.empty.expand(B, -1, -1)).sample  # (B, C, h, w)
         dirs = draw["dirs"].to(dev)
@@ -335,6 +341,18 @@ class Trainer:
             d = self.acc.unwrap_model(self.encoder).directions
             d.mul_((self.cfg.max_norm / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
 
+    def _check_finite(self, pending: list[tuple[int, torch.Tensor]], last_good: Path | None) -> list[float]:
+        """The losses of the steps since the last host sync (read in one transfer); stops at the first that is
+        not finite, before anything of the diverged state is written."""
+        losses = torch.stack([v for _, v in pending]).tolist()
+        for (step, _), v in zip(pending, losses):
+            if not math.isfinite(v):
+                where = last_good or "none was written yet"
+                raise NoiseCLRLabError(
+                    f"The loss became {v} at step {step}; training stopped. Last good checkpoint: {where}. "
+                    "Lower lr or use mixed_precision 'no'.")
+        return losses
+
     def run(self) -> Path:
         acc, c = self.acc, self.cfg
         if acc.is_main_process:
@@ -350,34 +368,37 @@ class Trainer:
         images = 0
         t_last = time.perf_counter()
         last_good = self.rundir.latest_checkpoint()
+        pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) since the last host sync
         for step in range(self.start_step, c.steps):
             for pg in self.opt.param_groups:
                 pg["lr"] = self.lr_at(step)
-            total = 0.0
+            total = torch.zeros((), device=acc.device)
             for micro in range(c.grad_accum):
                 loss = self.loss_for(self.draw(step, micro))
-                if not torch.isfinite(loss):
-                    where = last_good or "none was written yet"
-                    raise NoiseCLRLabError(
-                        f"The loss became {loss.item()} at step {step}; training stopped. Last good checkpoint: {where}. "
-                        "Lower lr or use mixed_precision 'no'.")
                 acc.backward(loss * self.loss_weight / c.grad_accum)
-                total += loss.item() / c.grad_accum
+                total += loss.detach().float() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.constrain()
+            pending.append((step, total))
             done = step + 1
             images += c.batch_size * acc.num_processes * c.grad_accum
             bar.update(1)
-            now = time.perf_counter()
-            ips = images / max(now - t_last, 1e-9)
-            bar.set_postfix(loss=f"{total:.4f}", img_s=f"{ips:.1f}")
-            if acc.is_main_process and (done % c.log_every == 0 or done == c.steps):
-                self.rundir.append_metrics({"step": done, "loss": total, "lr": self.lr_at(step), "time": time.time(),
-                                         "images_per_s": ips})
+            checkpoint = (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.steps
+            log = done % c.log_every == 0 or done == c.steps
+            if log or checkpoint:  # the loop's only host sync: the losses since the last one, in one transfer
+                losses = self._check_finite(pending, last_good)
+                pending = []
+            if log:
+                now = time.perf_counter()
+                ips = images / max(now - t_last, 1e-9)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{ips:.1f}")
+                if acc.is_main_process:
+                    self.rundir.append_metrics({"step": done, "loss": losses[-1], "lr": self.lr_at(step),
+                                                "time": time.time(), "images_per_s": ips})
+                    acc.log({"loss": losses[-1], "lr": self.lr_at(step)}, step=done)
                 images, t_last = 0, now
-                acc.log({"loss": total, "lr": self.lr_at(step)}, step=done)
-            if (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.steps:
+            if checkpoint:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     last_good = self.save_checkpoint(done)
