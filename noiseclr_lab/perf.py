@@ -48,11 +48,15 @@ def speed_up(module: torch.nn.Module, compile: str = "no", channels_last: bool =
     - ``compile``: a ``torch.compile`` wrapper of ``module`` (sharing its parameters; the module itself, its
       config and ``state_dict`` keys are unchanged, so code that calls it directly runs it uncompiled) in the
       mode given: "default" fuses elementwise work, "reduce-overhead" adds CUDA graphs (no host work between
-      kernels), "max-autotune" also tunes the matmul kernels. The first call at each new input shape compiles
-      (seconds to minutes); "no" returns ``module`` itself.
+      kernels), "max-autotune" tunes the matmul kernels and also uses CUDA graphs. Under CUDA graphs a call's
+      output may be overwritten by the next call: copy an output that must outlive it. Shapes are static
+      (``dynamic=False``): the first call at each new input shape compiles (seconds to minutes) a graph of its
+      own, as the few shapes of a training step or an edit loop want. "no" returns ``module`` itself.
     """
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}.")
     if channels_last:
         module.to(memory_format=torch.channels_last)
-    return module if compile == "no" else torch.compile(module, mode=None if compile == "default" else compile)
+    if compile == "no":
+        return module
+    return torch.compile(module, mode=None if compile == "default" else compile, dynamic=False)

@@ -234,7 +234,8 @@ class AnalysisResult:
         sp = self.data.get("speed") or {}
         if sp.get("images"):
             rate = f"{sp['images_per_s']:.2f} images/s, {sp['tflop_per_s']:.3g} TFLOP/s"
-            rate += f", MFU {sp['mfu']:.1%}" if sp.get("mfu") is not None else " (MFU: no known peak for this device)"
+            per = " per device" if sp['processes'] > 1 else ""
+            rate += f", MFU{per} {sp['mfu']:.1%}" if sp.get("mfu") is not None else " (MFU: no known peak for this device)"
             lines.append(f"sweep: {sp['images']} images generated in {sp['seconds']:.1f} s on {sp['device']} "
                          f"x{sp['processes']}: {rate}")
         elif sp:

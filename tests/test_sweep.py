@@ -141,5 +141,9 @@ def test_sweep_speed_books_the_work_it_generates(edit_pipe, tmp_path):
     again = SweepSpeed()
     list(iter_sweep(edit_pipe, s, progress=False, cache=tmp_path / "c", speed=again))
     assert again.summary()["images"] == 0 and again.summary()["images_per_s"] is None
-    both = SweepSpeed.combine([speed, again]).summary()
+    both = SweepSpeed.combine([again, speed]).summary()  # rank 0 made nothing: the device comes from rank 1
     assert both["images"] == 10 and both["processes"] == 2 and len(both["by_process"]) == 2
+    assert both["device"] == "cpu"
+    # MFU on a device of known peak (1 TFLOP/s here): per device when processes share the sweep
+    gpu = SweepSpeed(images=4, seconds=2.0, flops=1e12, device="cuda:0", peak_tflops=1.0)
+    assert gpu.summary()["mfu"] == 0.5 and SweepSpeed.combine([gpu, gpu]).summary()["mfu"] == 0.5

@@ -29,7 +29,7 @@ from noiseclr_lab.editing import EditPipeline, default_edit_start
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_safetensors_atomic, write_json_atomic
 from noiseclr_lab.models import pipeline_fingerprint, pipeline_spec
-from noiseclr_lab.perf import mfu, peak_tflops
+from noiseclr_lab.perf import peak_tflops
 from noiseclr_lab.store import RunDir
 
 
@@ -91,6 +91,7 @@ class SweepSpeed:
     seconds: float = 0.0  # wall time of generating them (warm-up latents included)
     flops: float = 0.0
     device: str = ""
+    peak_tflops: float | None = None  # of one device (looked up where the work ran)
     processes: int = 1
     by_process: list = field(default_factory=list)
 
@@ -106,25 +107,30 @@ class SweepSpeed:
         self.flops += (edit_pipe.work["unet_rows"] - before["unet_rows"]) * row
         self.flops += (edit_pipe.work["decoded"] - before["decoded"]) * dec
         self.images += len(out)
-        self.device = str(edit_pipe.device)
+        if not self.device:
+            self.device, self.peak_tflops = str(edit_pipe.device), peak_tflops(edit_pipe.device)
         return out
 
     @classmethod
     def combine(cls, parts: list[SweepSpeed]) -> SweepSpeed:
         """Several processes' shares of one sweep, run side by side: images and FLOPs add, the wall time is the
-        slowest process's."""
+        slowest process's; MFU is then per device (the FLOP rate over the processes' summed peaks)."""
+        made = [p for p in parts if p.device]
         return cls(images=sum(p.images for p in parts), seconds=max((p.seconds for p in parts), default=0.0),
-                   flops=sum(p.flops for p in parts), device=parts[0].device if parts else "",
-                   processes=len(parts), by_process=[p.summary() for p in parts])
+                   flops=sum(p.flops for p in parts), device=made[0].device if made else "",
+                   peak_tflops=made[0].peak_tflops if made else None, processes=len(parts),
+                   by_process=[p.summary() for p in parts])
 
     def summary(self) -> dict:
-        """JSON-ready: images, seconds, images/s, TFLOP/s and, on a GPU of known peak, MFU (else None)."""
+        """JSON-ready: images, seconds, images/s, TFLOP/s and, on a GPU of known peak, MFU (per device when
+        several processes shared the sweep; else None)."""
         sec = self.seconds
+        rate = self.flops / sec if sec > 0 else 0.0
         out = {"images": self.images, "seconds": round(sec, 3),
                "images_per_s": round(self.images / sec, 4) if sec > 0 else None,
-               "tflop_per_s": round(self.flops / sec / 1e12, 5) if sec > 0 else None,
-               "mfu": (round(mfu(self.flops, sec, self.device), 4) if sec > 0 and self.images and
-                       peak_tflops(self.device) else None),
+               "tflop_per_s": round(rate / 1e12, 5) if sec > 0 else None,
+               "mfu": (round(rate / (self.peak_tflops * 1e12 * self.processes), 4)
+                       if rate > 0 and self.peak_tflops else None),
                "device": self.device, "processes": self.processes}
         if self.by_process:
             out["by_process"] = self.by_process

@@ -133,7 +133,8 @@ class EditPipeline:
     ``EditPipeline(pipe, bank)`` installs the bank's tokens into ``pipe`` (idempotent). ``mode="reference"``
     runs one UNet call per term per step, like the official editing code; ``"batched"`` (default) runs one.
     ``compile`` / ``channels_last`` are ``noiseclr_lab.perf.speed_up``'s levers for the UNet calls of this
-    pipeline (``pipe.unet`` itself stays uncompiled). ``work`` counts what the pipeline has done (UNet rows,
+    pipeline (``pipe.unet`` itself stays uncompiled; ``channels_last`` converts the shared ``pipe.unet``'s
+    weights to NHWC in place, for every user of ``pipe``). ``work`` counts what the pipeline has done (UNet rows,
     i.e. latent images through the UNet, and images decoded), so callers can turn time into FLOP rates.
     """
 
@@ -200,12 +201,19 @@ class EditPipeline:
         T, B = embs.shape[:2]
         unet = self._unet
         self.work["unet_rows"] += T * B
-        if self.channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.mode == "batched":
-            out = unet(z.repeat(T, 1, 1, 1), t, encoder_hidden_states=embs.flatten(0, 1)).sample
+            out = unet(z.repeat(T, 1, 1, 1).contiguous(memory_format=fmt), t,
+                       encoder_hidden_states=embs.flatten(0, 1)).sample
             return out.unflatten(0, (T, B))
-        return torch.stack([unet(z, t, encoder_hidden_states=embs[j]).sample for j in range(T)])
+        # each output is kept while the next call runs: copied, as CUDA graphs (compile modes reduce-overhead,
+        # max-autotune) reuse an output's memory on the next call
+        copy = self._unet is not self.pipe.unet
+        outs = []
+        for j in range(T):
+            o = unet(z.contiguous(memory_format=fmt), t, encoder_hidden_states=embs[j]).sample
+            outs.append(o.clone() if copy else o)
+        return torch.stack(outs)
 
     @torch.no_grad()
     def __call__(

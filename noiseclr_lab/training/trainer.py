@@ -292,12 +292,15 @@ class Trainer:
         unet = self.unet_fn
         with torch.no_grad(), acc.autocast():
             u = unet(zt, t, encoder_hidden_states=self.empty.expand(B, -1, -1)).sample  # (B, C, h, w)
+        if unet is not self.pipe.unet:  # compiled: under CUDA graphs the next call may reuse u's memory
+            u = u.clone()
         dirs = draw["dirs"].to(dev)
         M = len(dirs)
         with acc.autocast():
             emb = self.encoder(self.direction_ids[dirs])  # (M, L, D)
             if c.schedule == "batched":
-                eps = unet(zt.repeat(M, 1, 1, 1), t, encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
+                eps = unet(zt.repeat(M, 1, 1, 1).contiguous(memory_format=fmt), t,
+                           encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
                 eps = eps.unflatten(0, (M, B))  # (M, B, C, h, w)
             else:
                 eps = torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
@@ -343,11 +346,16 @@ class Trainer:
             d.mul_((self.cfg.max_norm / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
 
     def _check_finite(self, pending: list[tuple[int, torch.Tensor]], last_good: Path | None) -> list[float]:
-        """The losses of the steps since the last host sync (read in one transfer); stops at the first that is
-        not finite, before anything of the diverged state is written."""
-        losses = torch.stack([v for _, v in pending]).tolist()
-        for (step, _), v in zip(pending, losses):
-            if not math.isfinite(v):
+        """This process's losses of the steps since the last host sync (read in one transfer); stops at the first
+        step whose loss is not finite on any process (every process stops there: none is left waiting), before
+        anything of the diverged state is written."""
+        local = torch.stack([v for _, v in pending])
+        every = self.acc.gather(local[None]).view(-1, len(pending)) if self.acc.num_processes > 1 else local[None]
+        losses, worst = local.tolist(), every.tolist()
+        for i, (step, _) in enumerate(pending):
+            bad = [row[i] for row in worst if not math.isfinite(row[i])]
+            if bad:
+                v = bad[0]
                 where = last_good or "none was written yet"
                 raise NoiseCLRLabError(
                     f"The loss became {v} at step {step}; training stopped. Last good checkpoint: {where}. "
@@ -387,7 +395,8 @@ class Trainer:
             bar.update(1)
             checkpoint = (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.steps
             log = done % c.log_every == 0 or done == c.steps
-            if log or checkpoint:  # the loop's only host sync: the losses since the last one, in one transfer
+            validate = (c.validate_every and done % c.validate_every == 0) or done == c.steps
+            if log or checkpoint or validate:  # the loop's only host sync: the losses since the last one, at once
                 losses = self._check_finite(pending, last_good)
                 pending = []
             if log:
@@ -403,7 +412,7 @@ class Trainer:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     last_good = self.save_checkpoint(done)
-            if acc.is_main_process and ((c.validate_every and done % c.validate_every == 0) or done == c.steps):
+            if acc.is_main_process and validate:
                 self.validation_grid(done)
         bar.close()
         acc.wait_for_everyone()
