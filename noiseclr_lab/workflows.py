@@ -130,7 +130,7 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
     settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
                              prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
                              guidance_scale=cfg.validation_guidance)
-    sel = select_directions(pipe, full, clip_model, cfg.select, settings, progress=progress)
+    sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
     write_json_atomic(run.selection_path, sel.as_dict())

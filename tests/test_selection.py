@@ -62,6 +62,7 @@ def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tin
     strength = {d["token"]: d["strength"] for d in sel["directions"]}
     assert [strength[t] for t in kept.tokens] == sorted((strength[t] for t in kept.tokens), reverse=True)
     assert sel["settings"]["scales"] == [-10.0, 10.0] and sel["settings"]["seeds"] == 2
+    assert sel["max_similarity"] == cfg.select_max_similarity == 0.7  # the config's threshold was used
     # selecting again (e.g. another select) reads every direction from the last checkpoint, not the kept file
     again = select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 2}), progress=False)
     assert DirectionBank.load(run.directions_path).tokens == [full.tokens[k] for k in again.kept]

@@ -142,6 +142,8 @@ def test_extensions_strength_hinge_and_cosine_lr(cfg):
         cfg(lr_schedule="step")
     with pytest.raises(NoiseCLRLabError, match="strength_target"):
         cfg(strength_target=0.0)
+    with pytest.raises(NoiseCLRLabError, match="select_max_similarity"):
+        cfg(select_max_similarity=0.0)
 
 
 def test_divergence_stops_with_the_last_good_checkpoint_intact(cfg):

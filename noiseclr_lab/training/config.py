@@ -56,6 +56,7 @@ class TrainConfig:
     select_scale: float = 6.0  # the selection sweep applies every direction at -scale and +scale
     select_seeds: int = 4  # seeds of the selection sweep
     select_steps: int = 15  # denoising steps of the selection sweep (its CFG and prompt: the validation ones)
+    select_max_similarity: float = 0.7  # two edits whose CLIP axes have |cos| above this count as one (kept once)
     num_images: int = 256  # images rendered for toy:<domain> data (ignored for folders)
     max_images: int = 0  # use at most this many folder images (0: all)
     seed: int = 0  # everything random (images, noise, timesteps, directions drawn) derives from it
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.select_scale > 0, "select_scale must be positive"),
             (self.select_seeds >= 2, "select_seeds must be at least 2"),
             (self.select_steps >= 2, "select_steps must be at least 2"),
+            (0 < self.select_max_similarity <= 1, "select_max_similarity must be in (0, 1]"),
         ]
         for ok, msg in checks:
             if not ok:

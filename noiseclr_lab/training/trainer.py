@@ -42,7 +42,7 @@ from noiseclr_lab.training.loss import noiseclr_loss, strength_penalty
 # config fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"steps", "out", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
                      "cache_dir", "device", "validation_seeds", "validation_scale", "validation_steps",
-                     "select", "select_clip", "select_scale", "select_seeds", "select_steps",  # selection runs after
+                     "select", "select_clip", "select_scale", "select_seeds", "select_steps", "select_max_similarity",  # after
                      "compile", "channels_last"}  # speed only
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_SIMILARITY = 0.8  # |cos| of two edit axes above which they count as the same edit
+MAX_SIMILARITY = 0.7  # |cos| of two edit axes above which they count as the same edit (45 degrees; at 0.8 a
+# direction the probe calls inactive and one that repeats another face factor's edit at |cos| 0.75 each took a
+# slot, and seed 0's glasses direction, 18th by strength, was left out)
 
 
 def edit_signature(f_edited, f_base, scales) -> tuple[np.ndarray, np.ndarray]:
