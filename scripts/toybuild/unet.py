@@ -122,8 +122,11 @@ class JointState:
             self.cache.update(zip(missing, enc))
         return torch.stack([self.cache[c] for c in captions])
 
-    def batch(self, z_all: dict, data: dict, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
-        """Unscaled latents and captions of one batch that mixes every domain equally."""
+    def batch(self, z_all: dict, data: dict, rng: np.random.Generator,
+              caption=None) -> tuple[torch.Tensor, list[str]]:
+        """Unscaled latents and captions of one batch that mixes every domain equally (``caption(dom, record,
+        rng, cfg)`` makes each caption; default ``training_caption``)."""
+        caption = caption or training_caption
         doms = list(z_all)
         n_b = self.cfg.unet_batch
         per = [n_b // len(doms) + (i < n_b % len(doms)) for i in range(len(doms))]
@@ -132,7 +135,7 @@ class JointState:
             idx = rng.integers(len(z_all[n]), size=k)
             zs.append(z_all[n][idx].float())
             dom = get_domain(n)
-            caps += [training_caption(dom, data[n]["records"][i], rng, self.cfg) for i in idx]
+            caps += [caption(dom, data[n]["records"][i], rng, self.cfg) for i in idx]
         return torch.cat(zs), caps
 
     def update(self, loss: torch.Tensor, step: int) -> None:
