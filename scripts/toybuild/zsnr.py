@@ -42,14 +42,16 @@ DECAY_STEPS = 6000
 # From PANEL_FROM on, the scenes' shape panel (latent columns >= PANEL_COL: x >= 44 of 64 px) weighs
 # 1 + PANEL_WEIGHT in the loss: there a small shape's place (top / bottom) is the only thing the caption
 # decides that the rest of the image does not, and at 1566 steps its text fidelity was still at chance (0.44)
-# while the shapes domain's four quadrants had reached 0.92.
-PANEL_FROM, PANEL_COL, PANEL_WEIGHT = 1703, 11, 4.0
+# while the shapes domain's four quadrants had reached 0.92. (First run: from step 1703; the second run, which
+# started over after the first one's checkpoint was lost at ~3400 steps, weights the panel from step 0.)
+PANEL_FROM, PANEL_COL, PANEL_WEIGHT = 0, 11, 4.0
 # From SHUFFLE_FROM on, half of the captions that name attributes list them in a random order. At 3308 steps
 # the text encoder's states for "... shape at the top" and "... shape at the bottom" (a full scenes caption,
 # the position word at token 37) differed by 9% at that token and ~0 after it, against 70-116% for a shapes
 # caption: token positions past ~35 occur only at the end of full scenes captions, so the encoder hardly
-# tells words apart there. Shuffled phrases put every word at every position.
-SHUFFLE_FROM, SHUFFLE_P = 3308, 0.5
+# tells words apart there. Shuffled phrases put every word at every position. (First run: from step 3308;
+# the second run shuffles from step 0.)
+SHUFFLE_FROM, SHUFFLE_P = 0, 0.5
 
 
 def shuffled_caption(dom, record, rng, cfg) -> str:
