@@ -2,20 +2,22 @@
 # Every GPU figure issues 19 and 20 ask for, in one call on a lent GPU machine (about 9 minutes on an H100).
 #
 #   bash scripts/gpu_checks.sh                  # on the GPU machine, from the repository root
-#   MODEL=toy:faces DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh   # dry run of every section on a CPU
+#   SECTIONS="train demo" bash scripts/gpu_checks.sh     # only these (edit, train, gpu_tests, demo)
+#   MODEL=toy:faces DEVICE=cpu QUICK=1 COMPILE=no bash scripts/gpu_checks.sh   # dry run of every section on a CPU
 #
 # Sections run one after another, each under its own time limit, and write their full output to
 # $OUT/<section>.log (and JSON where the script offers it); a section that runs out of time or fails does
 # not stop the next one. The device machine has torch, transformers, accelerate and pytest but none of
 # diffusers / open_clip_torch / ftfy / plotly: carry them as wheels in an ignored .whl/ folder (see
-# docs/design.md, "Running the GPU checks"); they are installed into /tmp/site when .whl/ exists.
+# scripts/gpu_wheels.sh); they are installed into /tmp/site when .whl/ exists and they are missing.
 set -u
 OUT=${OUT:-runs/gpu_checks}
 MODEL=${MODEL:-sd15-random}
 DEVICE=${DEVICE:-cuda}
 COMPILE=${COMPILE:-default}
+SECTIONS=${SECTIONS:-edit train gpu_tests demo}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
+if [ -d .whl ] && ! python3 -c "import diffusers, open_clip, plotly" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "wheel install failed"; exit 1; }
     export PYTHONPATH=/tmp/site
@@ -36,6 +38,7 @@ fi
 section() {  # section NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
+    case " $SECTIONS " in *" $name "*) ;; *) return 0 ;; esac
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -54,11 +57,11 @@ section() {  # section NAME SECONDS COMMAND...
 section edit 200 python3 scripts/bench_edit.py --model "$MODEL" --device "$DEVICE" --dtype fp16 $EDIT_ARGS \
     --compile "$COMPILE" --channels-last --json "$OUT/edit.json"
 # issue 20, training: M=12 (MFU target 45%) and M=21 (the paper's 1 + 20, peak memory target 24 GiB)
-section train 260 python3 scripts/bench_train.py throughput --model "$MODEL" --device "$DEVICE" \
+section train 240 python3 scripts/bench_train.py throughput --model "$MODEL" --device "$DEVICE" \
     --mixed-precision bf16 --gradient-checkpointing $TRAIN_ARGS --compile "$COMPILE" --channels-last \
     --json "$OUT/train.json"
 # tests marked gpu (only the modules that hold them: the image has no streamlit / playwright)
-section gpu_tests 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_training.py
+section gpu_tests 30 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_training.py
 # issue 19: the demo on the GPU (fp16 pipeline), covered factors shrunk / raw
-section demo 120 python3 -m noiseclr_lab.cli demo --device "$DEVICE" --out "$OUT/demo" $DEMO_ARGS
+section demo 90 python3 -m noiseclr_lab.cli demo --device "$DEVICE" --out "$OUT/demo" $DEMO_ARGS
 grep -h -i "covered\|modularity" "$OUT/demo.log" | tail -n 8
