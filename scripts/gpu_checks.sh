@@ -2,7 +2,8 @@
 # Every GPU figure issues 19 and 20 ask for, in one call on a lent GPU machine (about 9 minutes on an H100).
 #
 #   bash scripts/gpu_checks.sh                  # on the GPU machine, from the repository root
-#   SECTIONS="train demo" bash scripts/gpu_checks.sh     # only these (edit, train, gpu_tests, demo)
+#   SECTIONS="train demo" bash scripts/gpu_checks.sh     # only these (edit, train, gpu_tests, demo, rebuild)
+#   SECTIONS=rebuild bash scripts/gpu_checks.sh   # issue 19's toy rebuild (zero terminal SNR), not in the default
 #   MODEL=toy:faces DEVICE=cpu QUICK=1 COMPILE=no bash scripts/gpu_checks.sh   # dry run of every section on a CPU
 #
 # Sections run one after another, each under its own time limit, and write their full output to
@@ -29,10 +30,12 @@ if [ -n "${QUICK:-}" ]; then  # CPU dry run: the smallest work each section acce
     EDIT_ARGS="--directions 1,2 --steps 2 --images 1 --repeats 1"
     TRAIN_ARGS="--m 2,3 --steps 1 --warmup 1 --batch-size 2"
     DEMO_ARGS="--steps 2 --seeds 1 --scales 3 --eval-steps 2"
+    REBUILD_ARGS="--minutes 0.2 --n-train 60"
 else
     EDIT_ARGS="--directions 1,4,8"
     TRAIN_ARGS="--m 12,21"
     DEMO_ARGS=""
+    REBUILD_ARGS="--minutes ${REBUILD_MINUTES:-5}"
 fi
 
 section() {  # section NAME SECONDS COMMAND...
@@ -65,3 +68,9 @@ section gpu_tests 30 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_
 # issue 19: the demo on the GPU (fp16 pipeline), covered factors shrunk / raw
 section demo 90 python3 -m noiseclr_lab.cli demo --device "$DEVICE" --out "$OUT/demo" $DEMO_ARGS
 grep -h -i "covered\|modularity" "$OUT/demo.log" | tail -n 8
+# issue 19: the zero-terminal-SNR fine-tune of the toy model (resumable; hours on 2 CPU cores), then its export
+# with measured text fidelity to $OUT/zsnr_export (the rendered data and checkpoints stay in /tmp: too big to
+# bring back). Ship it only if every bar of toy_assets.json holds (see scripts/toybuild/zsnr.py).
+section rebuild 540 bash -c "python3 scripts/build_toy_assets.py --stage unet-zsnr $REBUILD_ARGS --device $DEVICE \
+    --threads 8 --work /tmp/toy_build && python3 scripts/build_toy_assets.py --stage export-zsnr --threads 8 \
+    --work /tmp/toy_build --out $OUT/zsnr_export && cp /tmp/toy_build/build_log.json $OUT/zsnr_export/"
