@@ -67,7 +67,7 @@ def _log(msg: str) -> None:
 
 
 def load_ckpt(path: Path) -> dict | None:
-    return torch.load(path, weights_only=True) if path.exists() else None
+    return torch.load(path, weights_only=True, map_location="cpu") if path.exists() else None  # any device's
 
 
 def cosine_floor(done: float, total: float) -> float:

@@ -81,7 +81,7 @@ class _EMA:
         return {"shadow": self.shadow}
 
     def load_state_dict(self, sd):
-        self.shadow = [t.clone() for t in sd["shadow"]]
+        self.shadow = [t.to(p.device, copy=True) for t, p in zip(sd["shadow"], self.params)]
 
     @torch.no_grad()
     def copy_to(self):

@@ -174,7 +174,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
 def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True):
     """The shipped pipeline with the fine-tuned text encoder and UNet (EMA) and the zero-terminal-SNR sampler."""
     pipe = _shipped()
-    ck = torch.load(Path(cfg.work) / CKPT, weights_only=True)
+    ck = torch.load(Path(cfg.work) / CKPT, weights_only=True, map_location="cpu")
     pipe.text_encoder.load_state_dict(ck["te"])
     pipe.unet.load_state_dict(ck["unet"])
     if use_ema:
