@@ -60,7 +60,8 @@ SHUFFLE_FROM, SHUFFLE_P = 0, 0.5
 # "... bottom", against 4e-2 between "a circle form" and "a star form" and 4e-2 for top / bottom in shapes:
 # the model draws the shape's blurred mean at both places and the noise picks one.
 # Measured at step 2440 (EMA): terminal_sensitivity for scenes position 0.40 (was 6e-6 at 1322); text fidelity
-# for position 1.00 in scenes and shapes, every face factor 1.00, but scenes shape 0.69 and colour 0.90.
+# for position 1.00 in scenes and shapes, every face factor 1.00, but scenes shape 0.69 and colour 0.90;
+# at 3106: position 1.00 / 1.00, scenes shape 0.75, colour 0.92.
 TERMINAL_FROM, LATE_SNR, LATE_PANEL_WEIGHT = 1322, 0.05, 10.0
 
 
