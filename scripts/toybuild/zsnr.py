@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from noiseclr_lab.fileio import write_json_atomic
 from noiseclr_lab.toyworld import ASSET_DIR, load_probe
 from noiseclr_lab.toyworld.domains import get_domain, list_domains
-from toybuild.common import BuildConfig, cosine_floor, dataset, timeboxed, to_tensor
+from toybuild.common import BuildConfig, cosine_floor, dataset, load_ckpt, timeboxed, to_tensor
 from toybuild.unet import _EMA, JointState, text_fidelity, training_caption
 
 SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
@@ -72,7 +72,7 @@ def shuffled_caption(dom, record, rng, cfg) -> str:
     if rng.random() < SHUFFLE_P:
         body, start = (cap[len(head):], head) if cap.startswith(head) else (cap, "")
         phrases = body.split(", ")
-        if len(phrases) > 1 and body:
+        if len(phrases) > 1:
             cap = start + ", ".join(phrases[i] for i in rng.permutation(len(phrases)))
     return cap
 
@@ -130,11 +130,11 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
     doms = list(z_all)  # the batch's rows come domain by domain, as JointState.batch makes them
     per = [cfg.unet_batch // len(doms) + (i < cfg.unet_batch % len(doms)) for i in range(len(doms))]
     side = z_all[doms[0]].shape[-1]
-    panel_map = torch.ones(cfg.unet_batch, 1, side, side)
+    late_map = torch.zeros(cfg.unet_batch, 1, side, side, device=dev)  # 1 on the scenes rows' shape panel
     row = sum(per[: doms.index("scenes")])
-    panel_map[row : row + per[doms.index("scenes")], :, :, PANEL_COL:] += PANEL_WEIGHT
-    late_map = torch.zeros(cfg.unet_batch, 1, side, side)  # the scenes rows' shape panel
     late_map[row : row + per[doms.index("scenes")], :, :, PANEL_COL:] = 1.0
+    panel_map = 1.0 + PANEL_WEIGHT * late_map
+    panel_norm = panel_map / panel_map.mean(dim=(1, 2, 3), keepdim=True)
 
     def one_step(step):
         z, caps = st.batch(z_all, data, rng, shuffled_caption if step >= SHUFFLE_FROM else None)
@@ -156,9 +156,9 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
         w = torch.where(snr[t] == 0, torch.ones_like(w), w)  # SNR 0 (t = 999) would get weight 0: 1, as diffusers
         err = (pred - target).pow(2)
         if step >= PANEL_FROM:
-            err = err * panel_map.to(dev) / panel_map.mean(dim=(1, 2, 3), keepdim=True).to(dev)
+            err = err * panel_norm
         if step >= TERMINAL_FROM:
-            late = (snr[t] < LATE_SNR).float().view(-1, 1, 1, 1) * late_map.to(dev)
+            late = (snr[t] < LATE_SNR).float().view(-1, 1, 1, 1) * late_map
             err = err * (1.0 + (LATE_PANEL_WEIGHT - 1.0) * late)
         loss = (w * err.flatten(1).mean(1)).mean()
         st.update(loss, step)
@@ -175,7 +175,9 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
 def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True):
     """The shipped pipeline with the fine-tuned text encoder and UNet (EMA) and the zero-terminal-SNR sampler."""
     pipe = _shipped()
-    ck = torch.load(Path(cfg.work) / CKPT, weights_only=True, map_location="cpu")
+    ck = load_ckpt(Path(cfg.work) / CKPT)
+    if ck is None:
+        raise FileNotFoundError(f"No unet-zsnr checkpoint in {cfg.work}: run --stage unet-zsnr first.")
     pipe.text_encoder.load_state_dict(ck["te"])
     pipe.unet.load_state_dict(ck["unet"])
     if use_ema:
@@ -205,21 +207,25 @@ def terminal_sensitivity(pipe, n: int = 16, seed: int = 0) -> dict:
         ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(dev)
         return -unet(z.to(dev, unet.dtype), t, encoder_hidden_states=te(ids)[0]).sample[..., col:].float()
 
-    def change(name, col, a, b):
-        dom = get_domain(name)
-        heads = [dom.caption(r).rsplit(", ", 1)[0] for r in dom.sample(np.random.default_rng(seed), n)]
-        xa, xb = x0([h + a for h in heads], col), x0([h + b for h in heads], col)
+    def change(caps_a, caps_b, col):
+        xa, xb = x0(caps_a, col), x0(caps_b, col)
         return float((xa - xb).pow(2).mean() / xa.pow(2).mean())
 
-    form = get_domain("scenes")
-    recs = form.sample(np.random.default_rng(seed), n)
-    caps = [form.caption(r) for r in recs]
+    def captions(name):
+        dom = get_domain(name)
+        recs = dom.sample(np.random.default_rng(seed), n)
+        return [dom.caption(r) for r in recs], recs
+
+    def ending(name, col, a, b):  # the captions' last phrase (the position) set to a, then to b
+        heads = [c.rsplit(", ", 1)[0] for c in captions(name)[0]]
+        return change([h + a for h in heads], [h + b for h in heads], col)
+
+    caps, recs = captions("scenes")
     other = {"circle": "star", "square": "triangle", "triangle": "square", "star": "circle"}
     swap = [c.replace(f"a {r['shape']} form", f"a {other[r['shape']]} form") for c, r in zip(caps, recs)]
-    xa, xb = x0(caps, PANEL_COL), x0(swap, PANEL_COL)
-    return {"terminal/scenes/position": change("scenes", PANEL_COL, ", shape at the top", ", shape at the bottom"),
-            "terminal/shapes/position": change("shapes", 0, ", at the top right", ", at the bottom right"),
-            "terminal/scenes/shape": float((xa - xb).pow(2).mean() / xa.pow(2).mean())}
+    return {"terminal/scenes/position": ending("scenes", PANEL_COL, ", shape at the top", ", shape at the bottom"),
+            "terminal/shapes/position": ending("shapes", 0, ", at the top right", ", at the bottom right"),
+            "terminal/scenes/shape": change(caps, swap, PANEL_COL)}
 
 
 def measure_zsnr(cfg: BuildConfig) -> dict:
