@@ -63,6 +63,11 @@ SHUFFLE_FROM, SHUFFLE_P = 0, 0.5
 # for position 1.00 in scenes and shapes, every face factor 1.00, but scenes shape 0.69 and colour 0.90;
 # at 3106: position 1.00 / 1.00, scenes shape 0.75, colour 0.92.
 TERMINAL_FROM, LATE_SNR, LATE_PANEL_WEIGHT = 1322, 0.05, 10.0
+# From DETAIL_FROM on (second run): in scenes rows at SNR > DETAIL_SNR (t < ~330), the shape panel's error weighs
+# DETAIL_PANEL_WEIGHT times more. At step 3259 (EMA) the scenes shape's fidelity was 0.75: 8 of 18 squares were
+# read as circles (small squares drawn as round blobs, 1-2 latent pixels wide), every other form 0.85-1.00; a
+# shape's corners are fine detail, settled at high SNR, where min-SNR-5 weighs the error least.
+DETAIL_FROM, DETAIL_SNR, DETAIL_PANEL_WEIGHT = 3259, 1.0, 4.0
 
 
 def shuffled_caption(dom, record, rng, cfg) -> str:
@@ -160,6 +165,9 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
         if step >= TERMINAL_FROM:
             late = (snr[t] < LATE_SNR).float().view(-1, 1, 1, 1) * late_map
             err = err * (1.0 + (LATE_PANEL_WEIGHT - 1.0) * late)
+        if step >= DETAIL_FROM:
+            fine = (snr[t] > DETAIL_SNR).float().view(-1, 1, 1, 1) * late_map
+            err = err * (1.0 + (DETAIL_PANEL_WEIGHT - 1.0) * fine)
         loss = (w * err.flatten(1).mean(1)).mean()
         st.update(loss, step)
         return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
@@ -169,7 +177,8 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
             "scenes_panel": {"from_step": PANEL_FROM, "latent_col": PANEL_COL, "extra_weight": PANEL_WEIGHT},
             "shuffled_phrases": {"from_step": SHUFFLE_FROM, "p": SHUFFLE_P},
             "late_scenes_panel": {"from_step": TERMINAL_FROM, "snr_below": LATE_SNR, "weight": LATE_PANEL_WEIGHT,
-                                  "terminal_rows": "every 8th"}}
+                                  "terminal_rows": "every 8th"},
+            "detail_scenes_panel": {"from_step": DETAIL_FROM, "snr_above": DETAIL_SNR, "weight": DETAIL_PANEL_WEIGHT}}
 
 
 def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True):
