@@ -190,4 +190,11 @@ def _load_toy(domain: str, dtype: torch.dtype):
     return load_toy_pipeline(domain, dtype)
 
 
+def _load_toy_zsnr(domain: str, dtype: torch.dtype):
+    from noiseclr_lab.toyworld import load_toy_pipeline
+
+    return load_toy_pipeline(domain, dtype, variant="zsnr")
+
+
 register_model_source("toy", _load_toy)
+register_model_source("toy-zsnr", _load_toy_zsnr)

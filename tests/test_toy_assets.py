@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.models import load_pipeline
-from noiseclr_lab.toyworld import ASSET_DIR, get_domain, list_domains, load_clip, load_probe, toy_assets_info
+from noiseclr_lab.models import load_pipeline, pipeline_spec
+from noiseclr_lab.toyworld import (ASSET_DIR, get_domain, list_domains, load_clip, load_probe, load_toy_pipeline,
+                                   toy_assets_info)
 
 pytestmark = pytest.mark.skipif(not (ASSET_DIR / "pipeline" / "model_index.json").is_file(),
                                 reason="toy assets not built (python scripts/build_toy_assets.py)")
@@ -81,6 +82,29 @@ def test_toy_assets_json_records_quality():
     assert info["clip"]["zeroshot_min"] >= 0.90
     assert info["unet"]["fidelity_min"] >= 0.85
     assert all(info["unet"][f"coverage_min/{d}"] == 1.0 for d in list_domains())
+    # the zero-terminal-SNR variant (issue 19): every factor's bar, and position that follows the caption
+    z = info["unet_zsnr"]
+    assert z["fidelity_min"] >= 0.85 and min(v for k, v in z.items() if k.count("/") == 2 and k.startswith("fidelity/")) >= 0.85
+    assert z["fidelity/shapes/position"] >= 0.9 and z["fidelity/scenes/position"] >= 0.9
+    assert all(z[f"coverage_min/{d}"] == 1.0 for d in list_domains())
+    size = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
+    assert size < 40 * 2**20, f"the toy assets weigh {size / 2**20:.1f} MiB (bar: 40)"
+
+
+def test_zero_terminal_snr_variant_places_shapes_where_the_caption_says():
+    """``toy-zsnr:<domain>`` loads the rebuilt UNet, text encoder and v-prediction scheduler over the shipped
+    tokenizer and VAE; it draws a shape in the quadrant its caption names, which the default model does not."""
+    pipe = load_pipeline("toy-zsnr:shapes", device="cpu")
+    sc = pipe.scheduler.config
+    assert sc.prediction_type == "v_prediction" and sc.rescale_betas_zero_snr and sc.timestep_spacing == "trailing"
+    assert pipeline_spec(pipe) == "toy-zsnr:shapes"
+    dom, recs, _ = _renders("shapes", 8, seed=7)
+    out = pipe([dom.caption(r) for r in recs], num_inference_steps=25, guidance_scale=5.0,
+               generator=torch.Generator().manual_seed(0), output_type="pt")
+    reading = load_probe("shapes").predict(out.images)
+    assert (reading.labels["position"] == dom.labels(recs)["position"]).mean() >= 0.75
+    with pytest.raises(NoiseCLRLabError, match="variant"):
+        load_toy_pipeline("shapes", variant="ztsnr")
 
 
 def test_demo_end_to_end_small(tmp_path, capsys):

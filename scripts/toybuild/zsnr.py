@@ -19,6 +19,7 @@ the work folder's build log under ``unet_zsnr``; the shipped model stays until t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +36,9 @@ from toybuild.unet import _EMA, JointState, text_fidelity, training_caption
 
 SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
             "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}
-SAMPLER = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 0, "timestep_spacing": "trailing"}
+# steps_offset is unused under "trailing" spacing (the same timesteps for DDIM, DDPM, Euler and DPM-Solver at
+# 4-50 steps); 1 keeps diffusers' pipelines from warning that the config is outdated (the model was exported with 0).
+SAMPLER = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "trailing"}
 CKPT = "unet_zsnr.pt"
 LR = 3e-4
 DECAY_STEPS = 6000
@@ -251,6 +254,10 @@ def export_zsnr(cfg: BuildConfig, out: Path) -> dict:
     tmp, old = out / "pipeline.tmp", out / "pipeline.old"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)
+    for cfg_file in tmp.rglob("*.json"):  # the configs carry the build machine's path to the shipped pipeline
+        conf = json.loads(cfg_file.read_text())
+        if isinstance(conf, dict) and conf.pop("_name_or_path", None) is not None:
+            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
     if (out / "pipeline").exists():  # the old folder stays until the new one is in place
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out / "pipeline", old)
