@@ -8,8 +8,15 @@ import torch
 
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.models import load_pipeline, pipeline_spec
-from noiseclr_lab.toyworld import (ASSET_DIR, get_domain, list_domains, load_clip, load_probe, load_toy_pipeline,
-                                   toy_assets_info)
+from noiseclr_lab.toyworld import (
+    ASSET_DIR,
+    get_domain,
+    list_domains,
+    load_clip,
+    load_probe,
+    load_toy_pipeline,
+    toy_assets_info,
+)
 
 pytestmark = pytest.mark.skipif(not (ASSET_DIR / "pipeline" / "model_index.json").is_file(),
                                 reason="toy assets not built (python scripts/build_toy_assets.py)")
