@@ -548,10 +548,10 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     if steps:
         values["steps"] = steps
     data = out / "data"
-    if not (data / FACTORS_CSV).is_file():
-        render_folder("faces", values["num_images"], data, seed=values.get("seed", 0))
     values["data"] = str(data)
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values)  # bad overrides fail here, before anything is written
+    if not (data / FACTORS_CSV).is_file():
+        render_folder("faces", cfg.num_images, data, seed=cfg.seed)
     kept = f", keeping the {cfg.select} strongest distinct ones" if cfg.select else ""
     say(f"[1/5] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
         f"({cfg.steps} steps{kept})")

@@ -140,13 +140,13 @@ def tiny_clip_name(tmp_path_factory):
 @pytest.fixture(scope="session")
 def toy_demo(tmp_path_factory):
     """``noiseclr-lab demo`` at test size on the shipped toy faces model (24 directions trained for 2 steps, the
-    12 kept by a 2-seed, 4-step selection; evaluation with 2 seeds, scales -6 and 6, 4 denoising steps): a run
+    12 kept by a 2-seed, 4-step selection, 4-step validation grids; evaluation with 2 seeds, scales -6 and 6, 4 denoising steps): a run
     with config, metrics, bank (tokens: a selection of <d1>..<d24>), selection.json, gt_metrics.json,
     analysis.json, cached sweeps and report. Read-only for tests (copy it to change it)."""
     from noiseclr_lab.workflows import demo
 
     return demo(tmp_path_factory.mktemp("toy_demo"), steps=2, seeds=2, scales=(-6.0, 6.0), eval_steps=4,
-                device="cpu", overrides={"select_seeds": 2, "select_steps": 4})
+                device="cpu", overrides={"select_seeds": 2, "select_steps": 4, "validation_steps": 4})
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -119,8 +119,13 @@ def test_demo_end_to_end_small(tmp_path, capsys):
 
     from noiseclr_lab.cli import main
 
+    for bad, said in ((["--set", "nonsense=1"], "Unknown training config fields"),
+                      (["--set", "select_seeds=two"], "select_seeds must be int")):
+        assert main(["demo", "--out", str(tmp_path / "bad"), *bad]) != 0
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--seeds", "2", "--eval-steps", "3",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--set", "select_seeds=2", "--set", "select_steps=4", "--set", "validation_steps=4"]) == 0
     run = tmp_path / "demo" / "run"
     gt = json.loads((run / "analysis" / "gt_metrics.json").read_text())
     assert set(gt["banks"]) == {"trained", "random", "supervised"}

@@ -35,6 +35,20 @@ def name_window(text: str) -> tuple[str, tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"expected NAME=START:END such as '<d3>=0:25', got {text!r}") from None
 
 
+def field_value(text: str) -> tuple[str, object]:
+    """FIELD=VALUE of a training config, the value read as a TOML literal (2, 1e-3, true, "a b"; a bare word
+    that is not one, such as toy:faces, stays a string), e.g. 'select_seeds=2'."""
+    import tomllib
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE such as 'select_seeds=2', got {text!r}")
+    try:
+        return name.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return name.strip(), value.strip()
+
+
 def float_list(text: str) -> list[float]:
     """Comma-separated numbers, at least one."""
     try:

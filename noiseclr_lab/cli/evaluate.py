@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noiseclr_lab.cli.args import add_device, float_list, int_at_least, positive_int
+from noiseclr_lab.cli.args import add_device, field_value, float_list, int_at_least, positive_int
 
 at_least_two = int_at_least(2, "an integer >= 2")
 
@@ -44,7 +44,7 @@ def cmd_demo(args) -> int:
     from noiseclr_lab.workflows import demo
 
     res = demo(args.out, steps=args.steps, seeds=args.seeds, scales=args.scales, eval_steps=args.eval_steps,
-               device=args.device, log=print)
+               device=args.device, log=print, overrides=dict(args.set))
     run = res.run.path
     print(res.gt.summary())
     print(res.analysis.summary())
@@ -103,5 +103,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--seeds", type=positive_int, default=12, help="evaluation seeds per direction and scale")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="evaluation scale sweep")
     s.add_argument("--eval-steps", type=positive_int, default=15, help="denoising steps of evaluation images")
+    s.add_argument("--set", type=field_value, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the toy-faces preset (repeatable), e.g. --set select_seeds=2")
     add_device(s)
     s.set_defaults(func=cmd_demo)

@@ -85,6 +85,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One clear error per bad field."""
+        for f in fields(self):  # presets and --set overrides come as TOML values: check their types first
+            v, want = getattr(self, f.name), type(f.default)
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True  # 1 for 1.0
+            if not ok:
+                raise NoiseCLRLabError(f"Training config field {f.name} must be {want.__name__}, not {v!r}.")
         checks = [
             (self.num_directions >= 2, "num_directions must be at least 2"),
             (self.steps >= 1, "steps must be positive"),
