@@ -82,3 +82,21 @@ def test_training_caption_mix_matches_the_build_config():
     assert abs(len(bare) / len(caps) - cfg.bare) < 0.03
     phrases = {p for r in recs for p in dom.phrases(r)}
     assert all(set(c.split(", ")) <= phrases and len(c.split(", ")) <= 2 for c in bare)
+
+
+def test_zsnr_export_drops_the_build_machines_paths(tmp_path):
+    """A pipeline loaded from a folder records that folder in its configs (``_name_or_path``); the zero-SNR export
+    removes it, so the shipped configs name no path of the machine that built them, and the folder still loads."""
+    from diffusers import StableDiffusionPipeline
+    from toybuild.zsnr import strip_build_paths
+
+    from noiseclr_lab.toyworld import load_toy_pipeline
+
+    load_toy_pipeline("faces").save_pretrained(tmp_path / "a")
+    StableDiffusionPipeline.from_pretrained(tmp_path / "a", local_files_only=True).save_pretrained(tmp_path / "b")
+    texts = lambda: "".join(p.read_text() for p in (tmp_path / "b").rglob("*.json"))  # noqa: E731
+    assert str(tmp_path / "a") in texts()
+    changed = strip_build_paths(tmp_path / "b")
+    assert changed and "_name_or_path" not in texts() and str(tmp_path) not in texts()
+    assert strip_build_paths(tmp_path / "b") == []
+    StableDiffusionPipeline.from_pretrained(tmp_path / "b", local_files_only=True)

@@ -246,6 +246,18 @@ def measure_zsnr(cfg: BuildConfig) -> dict:
     return text_fidelity(pipe, probes) | terminal_sensitivity(pipe)
 
 
+def strip_build_paths(folder: Path) -> list[Path]:
+    """Drop ``_name_or_path`` (the build machine's path to the pipeline it loaded) from the JSON configs under
+    ``folder``; returns the files changed."""
+    changed = []
+    for cfg_file in sorted(folder.rglob("*.json")):
+        conf = json.loads(cfg_file.read_text())
+        if isinstance(conf, dict) and conf.pop("_name_or_path", None) is not None:
+            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+            changed.append(cfg_file)
+    return changed
+
+
 def export_zsnr(cfg: BuildConfig, out: Path) -> dict:
     """Write the fine-tuned pipeline (fp16) to ``out``/pipeline, atomically; returns its measured fidelity."""
     res = measure_zsnr(cfg)
@@ -254,10 +266,7 @@ def export_zsnr(cfg: BuildConfig, out: Path) -> dict:
     tmp, old = out / "pipeline.tmp", out / "pipeline.old"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)
-    for cfg_file in tmp.rglob("*.json"):  # the configs carry the build machine's path to the shipped pipeline
-        conf = json.loads(cfg_file.read_text())
-        if isinstance(conf, dict) and conf.pop("_name_or_path", None) is not None:
-            cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+    strip_build_paths(tmp)
     if (out / "pipeline").exists():  # the old folder stays until the new one is in place
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out / "pipeline", old)
