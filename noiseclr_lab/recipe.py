@@ -1,5 +1,5 @@
 """An edit recipe: everything that decides one edited image (model, bank, directions and scales, step windows,
-prompt, seed, steps, guidance, or a real image and its inversion), as JSON. ``workflows.apply_recipe`` makes
+prompt, seed, steps, guidance and its rescale, or a real image and its inversion), as JSON. ``workflows.apply_recipe`` makes
 the image; the dashboard downloads a recipe and ``noiseclr-lab edit --recipe FILE`` replays it to the same
 pixels (on the same device and dtype)."""
 
@@ -29,6 +29,7 @@ class Recipe:
     negative_prompt: str | None = None
     steps: int = 50
     guidance: float = 7.5
+    guidance_rescale: float = 0.0  # EditPipeline's guidance_rescale (0: none)
     seed: int = 0
     image: str | None = None  # a real image to edit (inverted first) instead of a seed
     inversion: str = "ddim"  # ddim, null-text or null-text-p2p
@@ -42,11 +43,13 @@ class Recipe:
             self.edits = {str(k): float(v) for k, v in self.edits.items()}
             self.windows = {str(k): [int(v[0]), int(v[1])] for k, v in (self.windows or {}).items()}
             self.steps, self.seed, self.edit_start = int(self.steps), int(self.seed), int(self.edit_start)
-            self.guidance = float(self.guidance)
+            self.guidance, self.guidance_rescale = float(self.guidance), float(self.guidance_rescale)
         except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
             raise NoiseCLRLabError(f"A recipe field has the wrong type ({type(e).__name__}: {e}).") from e
         if not all(math.isfinite(v) for v in [*self.edits.values(), self.guidance]):
             raise NoiseCLRLabError("A recipe's scales and guidance must be finite numbers.")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise NoiseCLRLabError(f"A recipe's guidance_rescale is a share in [0, 1], got {self.guidance_rescale}.")
         if not isinstance(self.calibrated, bool):
             raise NoiseCLRLabError(f"A recipe's calibrated is true or false, got {self.calibrated!r}.")
         for name in ("model", "bank", "prompt"):

@@ -203,13 +203,17 @@ class RunDir:
 
     @staticmethod
     def sweep_key(*, bank_hash: str, model: str, prompt: str, scales, seeds: int, num_inference_steps: int,
-                  edit_start: int, guidance_scale: float, negative_prompt: str | None = None) -> str:
+                  edit_start: int, guidance_scale: float, negative_prompt: str | None = None,
+                  guidance_rescale: float = 0.0) -> str:
         """A content address for the images of one sweep: the same key means the same images (up to the
-        nondeterminism of the device), so every reader of a run can share them."""
+        nondeterminism of the device), so every reader of a run can share them. ``guidance_rescale`` enters the
+        key only when it is not 0, so the caches of sweeps made before it existed keep their keys."""
         spec = {"v": SWEEP_KEY_VERSION, "bank": bank_hash, "model": model, "prompt": prompt,
                 "scales": [float(s) for s in scales], "seeds": int(seeds), "steps": int(num_inference_steps),
                 "edit_start": int(edit_start), "guidance_scale": float(guidance_scale),
                 "negative_prompt": negative_prompt}
+        if guidance_rescale:
+            spec["guidance_rescale"] = float(guidance_rescale)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
     def sweep_dir(self, key: str) -> Path:

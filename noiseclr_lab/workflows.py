@@ -139,7 +139,7 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
 
 def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *, reader: Reader | None = None,
                 seeds: int = 12, scales: Sequence[float] = DEFAULT_SCALES, num_inference_steps: int = 15,
-                prompt: str | None = None, guidance_scale: float = 3.0,
+                prompt: str | None = None, guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
                 baselines: Sequence[str] = ("random", "init", "supervised"), device=None, progress: bool = True,
                 noise_z: float = NOISE_Z, edit_start: int | None = None, cache_sweeps: bool = True) -> GTResult:
     """Score a run's directions and its baselines against known factors; writes RUN/analysis/gt_metrics.json
@@ -150,7 +150,8 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
         domain: the toy domain whose probe reads the factors; its prompt head is the default prompt. May be
             None when ``reader`` is given (then the default prompt is "" and the 'supervised' baseline is out).
         reader: what reads the factors (default: ``ProbeReader(toyworld.load_probe(domain))``).
-        seeds, scales, num_inference_steps, guidance_scale, edit_start: the sweep (see ``analysis.sweep``).
+        seeds, scales, num_inference_steps, guidance_scale, guidance_rescale, edit_start: the sweep (see
+            ``analysis.sweep``).
         baselines: names of baselines scored the same way (``analysis.groundtruth.list_baselines()``).
         cache_sweeps: keep every bank's sweep images in RUN/analysis/sweeps/<key>/ (8-bit), so a rerun,
             ``analyze`` or another reader with the same settings generates nothing. False keeps float images
@@ -173,7 +174,8 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
         reader = ProbeReader(load_probe(domain, device=pipe.device))
     prompt = (dom.prefix if dom is not None else "") if prompt is None else prompt
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, guidance_scale=guidance_scale,
-                             num_inference_steps=num_inference_steps, edit_start=edit_start)
+                             num_inference_steps=num_inference_steps, edit_start=edit_start,
+                             guidance_rescale=guidance_rescale)
     kw = settings.as_dict() | {"noise_z": noise_z}  # score_bank's sweep arguments, edit_start resolved
     others = {name: make_baseline(name, bank, run, pipe, domain) for name in baselines}  # fail before any sweep
 
@@ -246,6 +248,7 @@ class AnalysisResult:
 def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os.PathLike | None = None,
             prompt: str | None = None, scales: Sequence[float] = ANALYZE_SCALES, seeds: int = 12,
             num_inference_steps: int = 15, guidance_scale: float = 3.0, edit_start: int | None = None,
+            guidance_rescale: float = 0.0,
             device=None, progress: bool = True, noise_z: float = NOISE_Z, suggest_labels: bool = True,
             cache: bool = True, composition: bool = True, max_composed: int = MAX_COMPOSED,
             calibration_target: float = DEFAULT_TARGET) -> AnalysisResult | None:
@@ -261,7 +264,8 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
             toy domain's factors on a toy model, else ``faces``; the domain is that of the training data when it
             was rendered, ``toy:scenes``, else the model spec's).
         prompt: the prompt of every image (default: the toy domain's head on a toy model, else "").
-        scales, seeds, num_inference_steps, guidance_scale, edit_start: the sweep; with the defaults it is
+        scales, seeds, num_inference_steps, guidance_scale, edit_start, guidance_rescale: the sweep; with the
+            defaults it is
             the demo's evaluate-gt sweep, whose cached images are then read instead of generated.
         cache: keep sweep images and CLIP features in RUN/analysis/sweeps/<key>/ (resume, reuse).
         calibration_target: the attribute change a calibrated scale reaches (default 0.25).
@@ -284,7 +288,7 @@ def analyze(run: str | os.PathLike | RunDir, *, clip: str = TOY, vocab: str | os
     if prompt is None:
         prompt = default_prompt(bank)
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, edit_start=edit_start)
+                             guidance_scale=guidance_scale, edit_start=edit_start, guidance_rescale=guidance_rescale)
     if not 0 < calibration_target <= 1:
         raise NoiseCLRLabError(f"The calibration target is a change of probability in (0, 1], got {calibration_target}.")
     procs = _Processes(device)
@@ -470,7 +474,8 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
                            progress=progress, **p2p_args(recipe.inversion, recipe.prompt, recipe.guidance))
     out = ep(recipe.prompt, edits=recipe.edits, windows=recipe.windows, edit_start=recipe.edit_start,
              calibrated=recipe.calibrated, generator=torch.Generator().manual_seed(recipe.seed), inversion=inversion,
-             num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, negative_prompt=recipe.negative_prompt)
+             num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, negative_prompt=recipe.negative_prompt,
+             guidance_rescale=recipe.guidance_rescale)
     return EditResult(image=out.images[0], recipe=recipe, edits=out.edits,
                       notes=list(inversion.notes) if inversion is not None else [])
 

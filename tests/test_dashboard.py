@@ -246,6 +246,10 @@ def test_recipe_files_are_checked():
     with pytest.raises(NoiseCLRLabError, match="edit_start"):
         Recipe.from_dict(good | {"edit_start": 60})
     assert Recipe.from_dict(good).edits == {"<d1>": 2.0}
+    old = {k: v for k, v in good.items() if k != "guidance_rescale"}  # a recipe saved before the field
+    assert Recipe.from_dict(old).guidance_rescale == 0.0
+    with pytest.raises(NoiseCLRLabError, match="guidance_rescale is a share"):
+        Recipe.from_dict(good | {"guidance_rescale": -0.1})
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_batched_equals_reference_loop(tiny_pipe, negative, guidance):
     fast, ref = EditPipeline(tiny_pipe, bank), EditPipeline(tiny_pipe, bank, mode="reference")
     kw = dict(prompt=["a face", "a shape"], edits={"<d1>": 3.0, "glasses": -2.0, "hair": 1.5},
               windows={"<d1>": (2, 6)}, guidance_scale=guidance, negative_prompt=negative,
-              generator=[_gen(0), _gen(1)])
+              generator=[_gen(0), _gen(1)], guidance_rescale=0.5 if negative else 0.0)
     a = fast(output_type="pt", num_inference_steps=STEPS, **kw)
     kw["generator"] = [_gen(0), _gen(1)]
     b = ref(output_type="pt", num_inference_steps=STEPS, **kw)
@@ -58,18 +59,25 @@ def test_channels_last_changes_no_image(tiny_pipe):
         EditPipeline(tiny_pipe, bank, compile="fastest")
 
 
-def test_unedited_matches_diffusers_and_zero_scale_is_identity(tiny_pipe):
+@pytest.mark.parametrize("rescale", [0.0, 0.7])
+def test_unedited_matches_diffusers_and_zero_scale_is_identity(tiny_pipe, rescale):
+    """Without edits the image is diffusers' own StableDiffusionPipeline's, guidance_rescale included."""
     from conftest import make_tiny_pipeline
     from diffusers import DDIMScheduler
 
     ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
-    plain = _run(ep, prompt="a face")
+    plain = _run(ep, prompt="a face", guidance_rescale=rescale)
     ref = make_tiny_pipeline()
     ref.scheduler = DDIMScheduler.from_config(ref.scheduler.config)
-    expected = ref("a face", num_inference_steps=STEPS, generator=_gen(), output_type="pt").images
+    expected = ref("a face", num_inference_steps=STEPS, generator=_gen(), output_type="pt",
+                   guidance_rescale=rescale).images
     assert torch.allclose(plain, expected, atol=1e-6)
-    assert torch.equal(_run(ep, prompt="a face", edits={"<d1>": 0.0, "glasses": 0.0}), plain)
-    assert not torch.allclose(_run(ep, prompt="a face", edits={"<d1>": 4.0}), plain, atol=1e-4)
+    assert torch.equal(_run(ep, prompt="a face", edits={"<d1>": 0.0, "glasses": 0.0}, guidance_rescale=rescale), plain)
+    edited = _run(ep, prompt="a face", edits={"<d1>": 4.0}, guidance_rescale=rescale)
+    assert not torch.allclose(edited, plain, atol=1e-4)
+    if rescale:
+        assert not torch.allclose(plain, _run(ep, prompt="a face"), atol=1e-4)
+        assert not torch.allclose(edited, _run(ep, prompt="a face", edits={"<d1>": 4.0}), atol=1e-4)
 
 
 def test_windows(tiny_pipe):
@@ -128,6 +136,8 @@ def test_bad_edit_inputs(tiny_pipe):
         ep(edits={"<d1>": 1.0}, windows={"<d2>": (0, 2)}, num_inference_steps=STEPS)
     with pytest.raises(NoiseCLRLabError, match="output_type"):
         ep(num_inference_steps=STEPS, output_type="jpeg")
+    with pytest.raises(NoiseCLRLabError, match=r"guidance_rescale is a share in \[0, 1\], got 1.5"):
+        ep(num_inference_steps=STEPS, guidance_rescale=1.5)
     other = DirectionBank.random(2, 48, base_model="sd-2.1")
     with pytest.raises(NoiseCLRLabError, match=r"hidden size 48 \(base model sd-2.1\)"):
         EditPipeline(tiny_pipe, other)
@@ -279,6 +289,15 @@ def test_cli_edit_and_grid(tiny_pipe_dir, tmp_path, capsys):
     assert main(["edit", *common, "--grid", "--window", "<d1>=1:2", "--out", str(tmp_path / "y.png")]) == 1
     assert "--window applies to single edits" in capsys.readouterr().err
     assert not (tmp_path / "y.png").exists()
+    recipe = tmp_path / "r.json"
+    assert main(["edit", *common, "--apply", "<d1>=3", "--guidance-rescale", "0.7", "--out", str(tmp_path / "gr.png"),
+                 "--save-recipe", str(recipe)]) == 0
+    assert Image.open(tmp_path / "gr.png").tobytes() != every and json.loads(recipe.read_text())["guidance_rescale"] == 0.7
+    assert main(["edit", "--recipe", str(recipe), "--device", "cpu", "--out", str(tmp_path / "again.png")]) == 0
+    assert Image.open(tmp_path / "again.png").tobytes() == Image.open(tmp_path / "gr.png").tobytes()
+    with pytest.raises(SystemExit) as e:
+        main(["edit", *common, "--apply", "<d1>=3", "--guidance-rescale", "2", "--out", str(tmp_path / "y.png")])
+    assert e.value.code == 2 and "expected a number in [0, 1], got '2'" in capsys.readouterr().err
 
 
 def test_grid_edit_start_delays_every_edited_cell(tiny_pipe):

@@ -66,9 +66,10 @@ def test_sweep_key_changes_with_everything_the_images_depend_on():
     base = dict(bank_hash="ab12", model="toy:faces", prompt="a cartoon face", scales=[-3, 3], seeds=12,
                 num_inference_steps=15, edit_start=3, guidance_scale=3.0)
     key = RunDir.sweep_key(**base)
-    assert key == RunDir.sweep_key(**base | {"scales": (-3.0, 3.0)})  # the same values, any container
+    assert key == "14d8208ddb4034f151da"  # caches written before guidance_rescale existed keep their key
+    assert key == RunDir.sweep_key(**base | {"scales": (-3.0, 3.0)}) == RunDir.sweep_key(**base, guidance_rescale=0)
     changed = {"bank_hash": "cd34", "model": "toy:shapes", "prompt": "", "scales": [-3, 6], "seeds": 8,
-               "num_inference_steps": 20, "edit_start": 0, "guidance_scale": 7.5}
+               "num_inference_steps": 20, "edit_start": 0, "guidance_scale": 7.5, "guidance_rescale": 0.7}
     keys = {RunDir.sweep_key(**base | {k: v}) for k, v in changed.items()}
     assert key not in keys and len(keys) == len(changed)
     assert RunDir.sweep_key(**base, negative_prompt="blurry") != key

@@ -43,14 +43,21 @@ def test_readers_satisfy_the_protocol():
     assert isinstance(MeanColour(), Reader) and isinstance(Brightness(), Reader)
 
 
-def test_sweep_images_are_the_pipelines_in_scale_major_order(edit_pipe):
-    s = SweepSettings(scales=(-2.0, 5.0), seeds=2, num_inference_steps=4, guidance_scale=1.0, edit_start=1)
+@pytest.mark.parametrize("guidance,rescale", [(1.0, 0.0), (3.0, 0.7)])
+def test_sweep_images_are_the_pipelines_in_scale_major_order(edit_pipe, guidance, rescale):
+    s = SweepSettings(scales=(-2.0, 5.0), seeds=2, num_inference_steps=4, guidance_scale=guidance, edit_start=1,
+                      guidance_rescale=rescale)
+    assert SweepSettings.from_dict(s.as_dict()) == s
     got = dict(iter_sweep(edit_pipe, s, progress=False))
     assert list(got) == [None, 0, 1] and got[None].shape[0] == 2 and got[1].shape[0] == 4
     for i, (scale, seed) in enumerate([(-2.0, 0), (-2.0, 1), (5.0, 0), (5.0, 1)]):
         direct = edit_pipe("", edits={"<d2>": scale}, windows={"<d2>": (1, 4)}, num_inference_steps=4,
-                           guidance_scale=1.0, generator=torch.Generator().manual_seed(seed), output_type="pt").images
+                           guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                           guidance_rescale=rescale).images
         torch.testing.assert_close(got[1][i : i + 1], direct, atol=1e-5, rtol=1e-4)
+    if rescale:  # the setting reaches the images
+        plain = dict(iter_sweep(edit_pipe, SweepSettings(**s.as_dict() | {"guidance_rescale": 0.0}), progress=False))
+        assert not torch.allclose(plain[1], got[1], atol=1e-4)
 
 
 def test_one_sweep_serves_several_readers(edit_pipe):
@@ -77,6 +84,10 @@ def test_bad_readers_and_settings_are_one_error(edit_pipe):
         read_sweep(edit_pipe, WrongShape(), s, progress=False)
     with pytest.raises(NoiseCLRLabError, match="no reading for group 'colour'"):
         read_sweep(edit_pipe, Missing(), s, progress=False)
+    old = {k: v for k, v in s.as_dict().items() if k != "guidance_rescale"}  # analysis.json before the field
+    assert SweepSettings.from_dict(old) == s
+    with pytest.raises(NoiseCLRLabError, match="guidance_rescale is a share"):
+        SweepSettings(scales=(1.0,), guidance_rescale=1.5)
     with pytest.raises(NoiseCLRLabError, match="edit_start"):
         SweepSettings(scales=(1.0,), num_inference_steps=4, edit_start=4)
     with pytest.raises(NoiseCLRLabError, match="at least one scale"):

@@ -38,11 +38,13 @@ with left:
                              disabled=not calibrated_ok, key=f"compose_calibrated::{info.name}",
                              help="the calibrated scale (from `analyze`) is the edit that reaches a common attribute "
                                   "change") and calibrated_ok
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     prompt = c1.text_input("Prompt", value=default_prompt(bank), key="compose_prompt")
     seed = c2.number_input("Seed", value=0, step=1, key="compose_seed")
     steps = c3.number_input("Steps", min_value=2, max_value=200, value=15, step=1, key="compose_steps")
     guidance = c4.number_input("Guidance", min_value=0.0, max_value=30.0, value=3.0, step=0.5, key="compose_guidance")
+    rescale = c5.number_input("Guidance rescale", min_value=0.0, max_value=1.0, value=0.0, step=0.1,
+                              key="compose_rescale", help="0.7 for zero-terminal-SNR models such as toy-zsnr (0: none)")
 
     edits, windows = {}, {}
     for k in chosen:
@@ -83,7 +85,7 @@ with left:
         if upload is None or image_path is not None:
             recipe = guard(Recipe, model=bank.base_model, bank=str(info.run.directions_path), edits=edits,
                            windows=windows, calibrated=calibrated, prompt=prompt, steps=int(steps), guidance=float(guidance),
-                           seed=int(seed), image=str(image_path) if image_path else None, inversion=inversion,
+                           guidance_rescale=float(rescale), seed=int(seed), image=str(image_path) if image_path else None, inversion=inversion,
                            bank_hash=bank.content_hash(), image_sha256=file_sha256(image_path) if image_path else None)
             if recipe is not None:
                 t0 = time.perf_counter()

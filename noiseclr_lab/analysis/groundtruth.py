@@ -174,7 +174,7 @@ def make_baseline(name: str, bank: DirectionBank, run: RunDir, pipe, domain: str
 def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES, seeds: int = 12, prompt: str = "",
                guidance_scale: float = 3.0, num_inference_steps: int = 15, threshold: float = CALIBRATION_THRESHOLD,
                progress: bool = True, noise_z: float = NOISE_Z, edit_start: int | None = None,
-               cache: Path | None = None) -> dict:
+               cache: Path | None = None, guidance_rescale: float = 0.0) -> dict:
     """Sweep, calibrate and score one bank: metrics, per-direction details and the (K, F) effect matrix
     (``metrics_raw``: the same scored on raw mean changes, at the same calibrated scales). Edits are applied
     from denoising step ``edit_start`` on (None: ``editing.default_edit_start(num_inference_steps)``).
@@ -190,7 +190,7 @@ def score_bank(pipe, bank: DirectionBank, reader: Reader, scales=DEFAULT_SCALES,
     if seeds < 2:
         raise NoiseCLRLabError(f"ground-truth scoring needs at least 2 seeds (got {seeds}).")
     settings = SweepSettings(scales=tuple(scales), seeds=seeds, prompt=prompt, num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, edit_start=edit_start)
+                             guidance_scale=guidance_scale, edit_start=edit_start, guidance_rescale=guidance_rescale)
     reading = read_sweep(EditPipeline(pipe, bank), reader, settings, progress, cache)
     sweep, raw = effect_from_reading(reading, noise_z)
     eff, eff_raw, chosen = calibrated_effects(sweep, raw, scales, threshold)

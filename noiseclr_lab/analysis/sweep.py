@@ -43,6 +43,7 @@ class SweepSettings:
     num_inference_steps: int = 15  # DDIM steps
     guidance_scale: float = 3.0  # classifier-free guidance of the generated images
     edit_start: int | None = None  # first edited step (None: editing.default_edit_start(num_inference_steps))
+    guidance_rescale: float = 0.0  # EditPipeline's guidance_rescale (zero-terminal-SNR models; 0: none)
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -55,19 +56,21 @@ class SweepSettings:
         if not 0 <= self.edit_start < self.num_inference_steps:
             raise NoiseCLRLabError(f"edit_start must be a denoising step in [0, {self.num_inference_steps}), "
                                    f"got {self.edit_start}.")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise NoiseCLRLabError(f"guidance_rescale is a share in [0, 1], got {self.guidance_rescale}.")
 
     def as_dict(self) -> dict:
         return {"scales": list(self.scales), "seeds": self.seeds, "prompt": self.prompt,
                 "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
-                "edit_start": self.edit_start}
+                "edit_start": self.edit_start, "guidance_rescale": self.guidance_rescale}
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepSettings:
         """The settings ``as_dict`` wrote (e.g. ``analysis.json["settings"]``; other keys such as noise_z are
-        ignored)."""
+        ignored; settings written before guidance_rescale existed had none)."""
         return cls(scales=tuple(d["scales"]), seeds=d["seeds"], prompt=d["prompt"],
                    num_inference_steps=d["num_inference_steps"], guidance_scale=d["guidance_scale"],
-                   edit_start=d["edit_start"])
+                   edit_start=d["edit_start"], guidance_rescale=d.get("guidance_rescale", 0.0))
 
 
 @dataclass
@@ -150,7 +153,8 @@ def sweep_cache_dir(run: RunDir, bank: DirectionBank, pipe, settings: SweepSetti
     model = f"{pipeline_spec(pipe)}#{pipeline_fingerprint(pipe)}"
     key = RunDir.sweep_key(bank_hash=bank.content_hash(), model=model, prompt=s.prompt, scales=s.scales,
                            seeds=s.seeds, num_inference_steps=s.num_inference_steps, edit_start=s.edit_start,
-                           guidance_scale=s.guidance_scale, negative_prompt=negative_prompt)
+                           guidance_scale=s.guidance_scale, negative_prompt=negative_prompt,
+                           guidance_rescale=s.guidance_rescale)
     return run.sweep_dir(key)
 
 
@@ -161,7 +165,8 @@ class WarmStart:
 
     def __init__(self, edit_pipe: EditPipeline, settings: SweepSettings):
         self.edit_pipe, self.settings = edit_pipe, settings
-        self.common = dict(num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale)
+        self.common = dict(num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                           guidance_rescale=settings.guidance_rescale)
         self._warm: list[torch.Tensor] = []
 
     def generators(self) -> list[torch.Generator]:

@@ -77,5 +77,23 @@ positive_int = int_at_least(1, "a positive integer")
 nonnegative_int = int_at_least(0, "an integer >= 0")
 
 
+def share(text: str) -> float:
+    """A number in [0, 1] (guidance_rescale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def add_guidance_rescale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guidance-rescale", type=share, default=0.0,
+                        help="rescale the guided (and edited) estimate towards the prompt estimate's standard "
+                             "deviation by this share (Lin et al. 2024; 0.7 for zero-terminal-SNR models such as "
+                             "toy-zsnr; default 0: none)")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")

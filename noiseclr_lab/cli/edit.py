@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from noiseclr_lab.cli.args import add_device, float_list, name_value, name_window, nonnegative_int, positive_int
+from noiseclr_lab.cli.args import (
+    add_device,
+    add_guidance_rescale,
+    float_list,
+    name_value,
+    name_window,
+    nonnegative_int,
+    positive_int,
+)
 from noiseclr_lab.errors import NoiseCLRLabError
 
 
@@ -15,7 +23,7 @@ def cmd_edit(args) -> int:
 
     if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
         if (args.grid or args.apply or args.window or args.official_window or args.bank is not None or args.image is not None or args.calibrated
-                or args.negative_prompt is not None or args.save_recipe is not None):
+                or args.negative_prompt is not None or args.save_recipe is not None or args.guidance_rescale):
             raise NoiseCLRLabError("--recipe holds the whole edit; give only --out (and --device / --dtype) with it.")
         recipe = Recipe.load(args.recipe)
     else:
@@ -39,7 +47,8 @@ def cmd_edit(args) -> int:
             windows[name] = official_window(start, end)
         recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=windows,
                         calibrated=args.calibrated, edit_start=args.edit_start, prompt=args.prompt,
-                        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+                        guidance_rescale=args.guidance_rescale, seed=args.seed,
                         image=str(args.image) if args.image is not None else None, inversion=args.inversion,
                         bank_hash=DirectionBank.load(args.bank).content_hash(),
                         image_sha256=file_sha256(args.image) if args.image is not None and args.image.is_file() else None)
@@ -83,7 +92,8 @@ def _grid(args) -> int:
     names = list(edits) or bank.tokens
     grid = edit_grid(EditPipeline(pipe, bank), names, args.scales, prompt=args.prompt, seeds=[args.seed],
                      inversion=inversion, edit_start=args.edit_start, num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, negative_prompt=args.negative_prompt)
+                     guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+                     guidance_rescale=args.guidance_rescale)
     save_image_atomic(grid, args.out)
     print(f"wrote a {len(names)} x {len(args.scales)} directions x scales grid to {args.out}")
     return 0
@@ -119,6 +129,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--guidance", type=float, default=7.5,
                    help="classifier-free guidance scale (generation, and null-text-p2p inversion; other inversions edit "
                         "without CFG)")
+    add_guidance_rescale(s)
     s.add_argument("--seed", type=int, default=0, help="noise seed")
     s.add_argument("--out", type=Path, required=True, help="output PNG")
     s.add_argument("--grid", action="store_true", help="write a directions x scales grid instead of one image")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noiseclr_lab.cli.args import add_device, field_value, float_list, int_at_least, positive_int
+from noiseclr_lab.cli.args import add_device, add_guidance_rescale, field_value, float_list, int_at_least, positive_int
 
 at_least_two = int_at_least(2, "an integer >= 2")
 
@@ -16,7 +16,7 @@ def cmd_evaluate_gt(args) -> int:
     res = evaluate_gt(args.run, args.domain, seeds=args.seeds, scales=args.scales, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, baselines=[b for b in args.baselines.split(",") if b],
                       device=args.device, noise_z=args.noise_z, edit_start=args.edit_start,
-                      cache_sweeps=args.cache_sweeps)
+                      cache_sweeps=args.cache_sweeps, guidance_rescale=args.guidance_rescale)
     print(res.summary())
     print(f"wrote {res.metrics_path} and {res.heatmap_path.name}")
     return 0
@@ -27,7 +27,7 @@ def cmd_analyze(args) -> int:
 
     res = analyze(args.run, clip=args.clip, vocab=args.vocab, prompt=args.prompt, scales=args.scales, seeds=args.seeds,
                   num_inference_steps=args.steps, guidance_scale=args.guidance, edit_start=args.edit_start,
-                  device=args.device, suggest_labels=not args.no_suggestions,
+                  guidance_rescale=args.guidance_rescale, device=args.device, suggest_labels=not args.no_suggestions,
                   calibration_target=args.calibration_target, composition=not args.no_composition)
     if res is None:  # a helper process of a sharded analysis: the main process prints
         return 0
@@ -69,6 +69,7 @@ def add_parsers(sub) -> None:
                    help="scale sweep, e.g. --scales=-6,-3,3,6 (each direction is scored at its gentlest visible scale)")
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
+    add_guidance_rescale(s)
     s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
     s.add_argument("--cache-sweeps", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ so a rerun or `analyze` reuses them "
@@ -87,6 +88,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--seeds", type=at_least_two, default=12, help="seeds per direction and scale (at least 2)")
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
     s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the images (guidance_scale)")
+    add_guidance_rescale(s)
     s.add_argument("--edit-start", type=int, default=None,
                    help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
     s.add_argument("--no-suggestions", action="store_true",

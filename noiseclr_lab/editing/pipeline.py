@@ -5,6 +5,12 @@ Notation (per denoising step i at timestep t, latents z of B images):
     eps_hat = eps(z, E(neg)) + w * (eps(z, E(prompt)) - eps(z, E(neg)))
             + sum_k lambda_k * [i in window_k] * (eps(z, E("<dk>")) - eps(z, E("")))
 
+With ``guidance_rescale`` phi > 0 (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+Flawed", section 3.4; diffusers' ``rescale_noise_cfg``), eps_hat is then brought back towards the standard
+deviation of the prompt's own estimate, per image: eps_hat <- phi * eps_hat * std(eps(z, E(prompt))) /
+std(eps_hat) + (1 - phi) * eps_hat. It is meant for zero-terminal-SNR models (the toy-zsnr variant), where
+guidance and edits otherwise over-expose the image.
+
 Every distinct conditioning of one step ("terms": neg, prompt, "", each active direction) goes through the
 UNet as ONE batch of T*B latents; E("") is computed once and serves as both the CFG unconditional and the
 edit baseline when no negative prompt is given; directions outside their window are left out of the batch. Real images (an ``Inversion``)
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from noiseclr_lab.directions.bank import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
@@ -184,7 +191,8 @@ class EditPipeline:
         """``resolve_edits`` with this pipeline's bank."""
         return resolve_edits(self.bank, edits, windows, steps, edit_start, calibrated)
 
-    def check_inputs(self, prompt, num_inference_steps, guidance_scale, output_type, latents, batch) -> None:
+    def check_inputs(self, prompt, num_inference_steps, guidance_scale, output_type, latents, batch,
+                     guidance_rescale: float = 0.0) -> None:
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
             raise NoiseCLRLabError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}.")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -193,6 +201,8 @@ class EditPipeline:
             raise NoiseCLRLabError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if latents is not None and latents.shape[0] != batch:
             raise NoiseCLRLabError(f"latents hold {latents.shape[0]} images but the batch is {batch}.")
+        if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+            raise NoiseCLRLabError(f"guidance_rescale is a share in [0, 1], got {guidance_rescale!r}.")
 
     # ------------------------------------------------------------------ the step
 
@@ -233,6 +243,7 @@ class EditPipeline:
         stop_step: int | None = None,
         edit_start: int = 0,
         calibrated: bool = False,
+        guidance_rescale: float = 0.0,
     ) -> EditOutput:
         """Sample with ``edits`` ({token or label: scale}) active on ``windows`` ({name: (start, end)} steps).
 
@@ -244,7 +255,9 @@ class EditPipeline:
         so steps that several edits share (an edit warm-up) are computed once. ``edit_start`` is where edits
         without an entry in ``windows`` begin (0: every step; a warm-up leaves the first steps, which set the
         layout, unedited). With ``calibrated`` the scales are multiples of each direction's calibrated scale
-        (1.0: the edit that reaches the common calibration target).
+        (1.0: the edit that reaches the common calibration target). ``guidance_rescale`` (0 to 1; 0.7 in the
+        zero-terminal-SNR paper) rescales the guided and edited estimate towards the prompt estimate's standard
+        deviation (module docstring); 0 leaves it as is.
         """
         pipe = self.pipe
         if inversion is not None:
@@ -258,7 +271,7 @@ class EditPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         B = len(prompts)
-        self.check_inputs(prompt, num_inference_steps, guidance_scale, output_type, latents, B)
+        self.check_inputs(prompt, num_inference_steps, guidance_scale, output_type, latents, B, guidance_rescale)
         stop_step = num_inference_steps if stop_step is None else stop_step
         if not 0 <= start_step <= stop_step <= num_inference_steps:
             raise NoiseCLRLabError(f"need 0 <= start_step <= stop_step <= num_inference_steps ({num_inference_steps}), "
@@ -334,6 +347,9 @@ class EditPipeline:
                 eps_hat = eps_hat + guidance_scale * (eps[i_prompt] - eps[0])
             for n, j in enumerate(active):
                 eps_hat = eps_hat + lam[tokens[j]] * (eps[i_dir0 + n] - eps[i_empty])
+            if guidance_rescale > 0 and (cfg or active):
+                # towards the prompt's own estimate (the base term when there is no CFG)
+                eps_hat = rescale_noise_cfg(eps_hat, eps[i_prompt if cfg else 0], guidance_rescale=guidance_rescale)
             z = sched.step(eps_hat, t, z).prev_sample
 
         return EditOutput(images=self.decode(z, output_type), latents=z0, edits=spec, unet_calls=calls)
