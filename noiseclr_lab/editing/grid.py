@@ -37,28 +37,49 @@ def edit_grid(edit_pipe: EditPipeline, directions: list[str], scales: list[float
               **call_kwargs) -> Image.Image:
     """Rows: each direction alone; columns: each scale x each seed (or the one inverted image).
 
-    Edits are active from denoising step ``edit_start`` on (0: every step). The seeds of one (direction, scale)
-    cell group go through the pipeline as one batch; the unedited column is computed once and shared by every row.
+    Edits are active from denoising step ``edit_start`` on (0: every step). For generated images, every scale and
+    seed of one direction go through the pipeline as one batch (per-image scales), the unedited first
+    ``edit_start`` steps are computed once and continued by every cell, and the unedited column is computed
+    once and shared by every row. An inverted image runs one call per (direction, scale).
     """
     import torch
 
     bank = edit_pipe.bank
     seeds = [0] if inversion is not None else list(seeds)
+    edited = [s for s in scales if s != 0]
+    S = len(seeds)
 
-    def run(edits):
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        out = edit_pipe([prompt] * len(seeds) if inversion is None else prompt, edits=edits, edit_start=edit_start,
-                        generator=gens, inversion=inversion, output_type="pil", **call_kwargs)
-        return out.images
+    def start(reps: int) -> dict:  # where a batch of reps x S images (seed-minor) begins
+        if warm is not None:
+            return {"latents": warm.repeat(reps, 1, 1, 1), "start_step": edit_start}
+        return {"generator": [torch.Generator().manual_seed(s) for _ in range(reps) for s in seeds]}
+
+    warm = None
+    if inversion is None and edit_start > 0:
+        warm = edit_pipe([prompt] * S, generator=start(1)["generator"], stop_step=edit_start, output_type="latent",
+                         **call_kwargs).images
+
+    def run(edits, reps: int = 1) -> list:
+        if inversion is not None:
+            return edit_pipe(prompt, edits=edits, edit_start=edit_start, inversion=inversion, output_type="pil",
+                             **call_kwargs).images
+        return edit_pipe([prompt] * (reps * S), edits=edits, edit_start=edit_start, output_type="pil", **start(reps),
+                         **call_kwargs).images
 
     base = run(None) if 0 in scales else None
     rows, labels = [], []
     for name in directions:
         k = bank.index(name)
+        tok = bank.tokens[k]
+        if inversion is not None:
+            cells = {s: run({tok: s}) for s in edited}
+        elif edited:
+            images = run({tok: [s for s in edited for _ in seeds]}, reps=len(edited))
+            cells = {s: images[i * S:(i + 1) * S] for i, s in enumerate(edited)}
         row = []
         for s in scales:
-            row += base if s == 0 else run({bank.tokens[k]: s})
+            row += base if s == 0 else cells[s]
         rows.append(row)
-        labels.append(bank.tokens[k] + (f" {bank.labels[k]}" if bank.labels[k] else ""))
+        labels.append(tok + (f" {bank.labels[k]}" if bank.labels[k] else ""))
     cols = [f"{s:+g}" if len(seeds) == 1 else f"{s:+g} #{seed}" for s in scales for seed in seeds]
     return compose_grid(rows, labels, cols, cell=cell)
