@@ -11,7 +11,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from noiseclr_lab.analysis.clip import TOY, ClipReader, load_clip_model
@@ -529,6 +529,11 @@ class DemoResult:
     analysis: AnalysisResult  # the CLIP analysis of the run (toy CLIP, the faces factors as vocabulary)
     report: ReportResult  # RUN/report/report.html, .json, .md
     minutes: float  # wall time of the whole demo
+    stage_minutes: dict[str, float] = field(default_factory=dict)  # wall time of each stage, in order
+
+    def stages(self) -> str:
+        """One line: each stage's wall time (where the demo's minutes went)."""
+        return "stages: " + ", ".join(f"{name} {m:.1f} min" for name, m in self.stage_minutes.items())
 
 
 def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seeds: int = 12,
@@ -547,6 +552,14 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     """
     say = log or (lambda _msg: None)
     t0 = time.time()
+    stages: dict[str, float] = {}
+    clock = [t0]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        stages[name] = (now - clock[0]) / 60
+        clock[0] = now
+
     out = Path(out)
     values = load_preset("toy-faces") | {"out": str(out / "run"), "device": device or ""}
     values |= dict(overrides or {})
@@ -557,17 +570,23 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     cfg = TrainConfig.from_dict(values)  # bad overrides fail here, before anything is written
     if not (data / FACTORS_CSV).is_file():
         render_folder("faces", cfg.num_images, data, seed=cfg.seed)
+    lap("rendering")
     kept = f", keeping the {cfg.select} strongest distinct ones" if cfg.select else ""
     say(f"[1/5] training {cfg.num_directions} directions on {cfg.num_images} rendered toy faces in {data} "
         f"({cfg.steps} steps{kept})")
     run = train_run(cfg, resume=bool(RunDir(cfg.out).checkpoints()), log=say)
+    lap("training with selection and validation grid")
     say("[2/5] scoring the directions against the toy probe (and baselines)")
     gt = evaluate_gt(run, "faces", seeds=seeds, scales=scales, num_inference_steps=eval_steps,
                      baselines=DEMO_BASELINES, device=device)
+    lap("ground truth")
     say("[3/5] CLIP analysis: re-scoring, auto-labels, consistency (the toy CLIP reads the same sweep), and the "
         f"composition of the {DEMO_COMPOSED} most confident calibrated directions")
     analysis = analyze(run, seeds=seeds, scales=scales, num_inference_steps=eval_steps, device=device,
                        max_composed=DEMO_COMPOSED)
+    lap("CLIP analysis and composition")
     say("[4/5] writing the report")
     rep = report(run)
-    return DemoResult(run=run, data=data, gt=gt, analysis=analysis, report=rep, minutes=(time.time() - t0) / 60)
+    lap("report")
+    return DemoResult(run=run, data=data, gt=gt, analysis=analysis, report=rep, minutes=(time.time() - t0) / 60,
+                      stage_minutes=stages)

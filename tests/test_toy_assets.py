@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,9 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert (tmp_path / "demo" / "data" / "factors.csv").is_file()
     out = capsys.readouterr().out
     assert "coverage" in out and "suggested label" in out
+    stages = re.search(r"^stages: (.*)$", out, re.M).group(1).split(", ")
+    assert [st.rsplit(" ", 2)[0] for st in stages] == ["rendering", "training with selection and validation grid",
+                                                      "ground truth", "CLIP analysis and composition", "report"]
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert len(analysis["directions"]) == 12 and list(analysis["groups"]) == gt["factors"]
     assert (run / "analysis" / "rescoring.png").is_file() and (run / "analysis" / "effect_curves.png").is_file()

@@ -48,6 +48,7 @@ def cmd_demo(args) -> int:
     run = res.run.path
     print(res.gt.summary())
     print(res.analysis.summary())
+    print(res.stages())
     print(f"[5/5] done in {res.minutes:.1f} min: {run}/directions.safetensors, {run}/validation/, "
           f"{res.gt.metrics_path}, {res.gt.heatmap_path}, {res.analysis.path}, "
           + ", ".join(str(p) for p in res.analysis.figures))
