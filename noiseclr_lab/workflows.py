@@ -553,12 +553,13 @@ def demo(out: str | os.PathLike = "runs/demo", *, steps: int | None = None, seed
     say = log or (lambda _msg: None)
     t0 = time.time()
     stages: dict[str, float] = {}
-    clock = [t0]
+    last = t0
 
     def lap(name: str) -> None:
+        nonlocal last
         now = time.time()
-        stages[name] = (now - clock[0]) / 60
-        clock[0] = now
+        stages[name] = (now - last) / 60
+        last = now
 
     out = Path(out)
     values = load_preset("toy-faces") | {"out": str(out / "run"), "device": device or ""}
