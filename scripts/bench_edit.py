@@ -17,7 +17,7 @@ import torch
 from noiseclr_lab.directions import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline
 from noiseclr_lab.models import load_pipeline, pick_device, pick_dtype
-from noiseclr_lab.perf import count_flops, mfu
+from noiseclr_lab.perf import COMPILE_MODES, count_flops, mfu
 
 
 def sd15_random(device, dtype):
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=4, help="images (seeds) per timed call")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=2, help="timed repeats (best is reported)")
-    p.add_argument("--compile", default="no", choices=("no", "default", "reduce-overhead", "max-autotune"),
+    p.add_argument("--compile", default="no", choices=COMPILE_MODES,
                    help="torch.compile mode of the batched pipeline's UNet (the official loop runs as released)")
     p.add_argument("--channels-last", action="store_true", help="the batched pipeline's UNet in NHWC")
     p.add_argument("--json", default=None, help="also write the results here")

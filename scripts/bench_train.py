@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from noiseclr_lab.perf import count_flops, peak_tflops
+from noiseclr_lab.perf import COMPILE_MODES, count_flops, peak_tflops
 from noiseclr_lab.perf import mfu as perf_mfu
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--compile", default="no", choices=("no", "default", "reduce-overhead", "max-autotune"),
+    p.add_argument("--compile", default="no", choices=COMPILE_MODES,
                    help="torch.compile mode of our trainer's UNet (the released way runs as released)")
     p.add_argument("--channels-last", action="store_true", help="our trainer's UNet and latents in NHWC")
     p.add_argument("--batch-size", type=int, default=6)

@@ -65,8 +65,9 @@ class TrainConfig:
     # averaged: the released code's objective, for exact reproduction); the same on one process
     mixed_precision: str = "no"  # accelerate mixed precision: no, fp16, bf16
     gradient_checkpointing: bool = False  # UNet activation checkpointing (saves memory, costs time)
-    compile: str = "no"  # torch.compile of the UNet: no, default, reduce-overhead (+ CUDA graphs), max-autotune
-    # (noiseclr_lab.perf.speed_up; the same results up to rounding, faster on a GPU after a compile warm-up)
+    compile: str = "no"  # torch.compile of the UNet: no, default, reduce-overhead (+ CUDA graphs), max-autotune,
+    # aot-eager (traced, no code generated: checks in seconds that the step compiles) (noiseclr_lab.perf.speed_up;
+    # the same results up to rounding, faster on a GPU after a compile warm-up)
     channels_last: bool = False  # UNet weights and latents in NHWC (faster convolutions on tensor cores)
     checkpoint_every: int = 100  # steps between resumable checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # how many checkpoints to keep
