@@ -137,16 +137,33 @@ def tiny_clip_name(tmp_path_factory):
     return "tiny-test-clip"
 
 
+DEMO_ARGS = ["--steps", "2", "--seeds", "2", "--scales=-6,6", "--eval-steps", "4", "--device", "cpu",
+             "--set", "select_seeds=2", "--set", "select_steps=4", "--set", "validation_steps=4"]
+
+
 @pytest.fixture(scope="session")
 def toy_demo(tmp_path_factory):
-    """``noiseclr-lab demo`` at test size on the shipped toy faces model (24 directions trained for 2 steps, the
-    12 kept by a 2-seed, 4-step selection, 4-step validation grids; evaluation with 2 seeds, scales -6 and 6, 4 denoising steps): a run
-    with config, metrics, bank (tokens: a selection of <d1>..<d24>), selection.json, gt_metrics.json,
-    analysis.json, cached sweeps and report. Read-only for tests (copy it to change it)."""
-    from noiseclr_lab.workflows import demo
+    """``noiseclr-lab demo`` (through the CLI's ``main``) at test size on the shipped toy faces model (24
+    directions trained for 2 steps, the 12 kept by a 2-seed, 4-step selection, 4-step validation grids;
+    evaluation with 2 seeds, scales -6 and 6, 4 denoising steps): a run with config, metrics, bank (tokens: a
+    selection of <d1>..<d24>), selection.json, gt_metrics.json, analysis.json, cached sweeps and report.
+    ``.out`` the demo folder, ``.run`` its RunDir, ``.report.html`` / ``.report.json``, ``.stdout`` what the
+    command printed. Read-only for tests (copy it to change it)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
 
-    return demo(tmp_path_factory.mktemp("toy_demo"), steps=2, seeds=2, scales=(-6.0, 6.0), eval_steps=4,
-                device="cpu", overrides={"select_seeds": 2, "select_steps": 4, "validation_steps": 4})
+    from noiseclr_lab.cli import main
+    from noiseclr_lab.store import RunDir
+
+    out = tmp_path_factory.mktemp("toy_demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["demo", "--out", str(out), *DEMO_ARGS])
+    assert rc == 0, printed.getvalue()[-2000:]
+    report = out / "run" / "report"
+    return SimpleNamespace(out=out, run=RunDir(out / "run"), stdout=printed.getvalue(),
+                           report=SimpleNamespace(html=report / "report.html", json=report / "report.json"))
 
 
 CHROMIUM = "/usr/bin/chromium"

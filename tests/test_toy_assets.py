@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -116,7 +117,10 @@ def test_zero_terminal_snr_variant_places_shapes_where_the_caption_says():
         load_toy_pipeline("shapes", variant="ztsnr")
 
 
-def test_demo_end_to_end_small(tmp_path, capsys):
+def test_demo_end_to_end_small(toy_demo, tmp_path, capsys):
+    """`noiseclr-lab demo` through the CLI (the session's `toy_demo` fixture runs it at test size): bad --set
+    values fail before anything is written; the run holds every stage's output, the command printed the scores,
+    the stages and the paths, and `analyze` afterwards reads the demo's cached sweep."""
     import json
 
     from noiseclr_lab.cli import main
@@ -126,16 +130,14 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         assert main(["demo", "--out", str(tmp_path / "bad"), *bad]) != 0
         assert said in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--seeds", "2", "--eval-steps", "3",
-                 "--device", "cpu", "--set", "select_seeds=2", "--set", "select_steps=4", "--set", "validation_steps=4"]) == 0
-    run = tmp_path / "demo" / "run"
+    run = toy_demo.run.path
     gt = json.loads((run / "analysis" / "gt_metrics.json").read_text())
     assert set(gt["banks"]) == {"trained", "random", "supervised"}
     assert len(gt["banks"]["trained"]["effect"]) == 12 and len(gt["factors"]) == 6
     assert (run / "analysis" / "gt_effects.png").is_file() and (run / "validation" / "step-2.png").is_file()
-    assert (tmp_path / "demo" / "data" / "factors.csv").is_file()
-    out = capsys.readouterr().out
-    assert "coverage" in out and "suggested label" in out
+    assert (toy_demo.out / "data" / "factors.csv").is_file()
+    out = toy_demo.stdout
+    assert "coverage" in out and "suggested label" in out and f"report: {toy_demo.report.html}" in out
     stages = re.search(r"^stages: (.*)$", out, re.M).group(1).split(", ")
     assert [st.rsplit(" ", 2)[0] for st in stages] == ["rendering", "training with selection and validation grid",
                                                       "ground truth", "CLIP analysis and composition", "report"]
@@ -145,8 +147,11 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     sweeps = sorted((run / "analysis" / "sweeps").iterdir())
     assert len(sweeps) == 3  # one per bank; analyze read the trained bank's, adding its CLIP features there
     assert [p.name for p in sweeps if any(p.glob("features-*"))] != []
-    assert main(["analyze", str(run), "--seeds", "2", "--steps", "3", "--no-suggestions"]) == 0
-    assert len(list((run / "analysis" / "sweeps").iterdir())) == 3
+    copy = shutil.copytree(run, tmp_path / "run")  # the fixture is read-only
+    made = {p: p.stat().st_mtime_ns for p in (copy / "analysis" / "sweeps").rglob("*.safetensors")}
+    assert main(["analyze", str(copy), "--seeds", "2", "--steps", "4", "--scales=-6,6", "--no-suggestions"]) == 0
+    assert len(list((copy / "analysis" / "sweeps").iterdir())) == 3
+    assert made and all(p.stat().st_mtime_ns == t for p, t in made.items())  # every sweep image read, none remade
 
 
 def test_gt_scores_word_directions_above_random(toy_pipe):
