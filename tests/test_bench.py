@@ -79,3 +79,17 @@ def test_bench_report_times_a_report(tiny_analysed_run, capsys):
     assert bench_report.main(["--run", str(tiny_analysed_run), "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "report of" in out and '"html_bytes"' in out
+
+
+def test_bench_machine_times_the_yardstick_both_ways(tiny_pipe_dir, tmp_path, capsys):
+    import bench_machine
+    import pytest
+
+    out = tmp_path / "machine.json"
+    res = bench_machine.main(["--model", str(tiny_pipe_dir), "--batch", "2", "--repeats", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == res and res["batch"] == 2 and res["device"] == "cpu"
+    for name in ("weights", "inputs"):
+        assert len(res[f"{name}_all_s"]) == 2 and res[f"{name}_s"] > 0
+    assert "with weight gradients" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least 1"):
+        bench_machine.main(["--model", str(tiny_pipe_dir), "--repeats", "0"])
