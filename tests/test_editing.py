@@ -49,12 +49,15 @@ def test_batched_equals_reference_loop(tiny_pipe, negative, guidance):
     assert fast.work == ref.work == {"unet_rows": (STEPS - 4) * rows + 4 * (rows - 2), "decoded": 2}  # <d1>: 4 steps
 
 
-def test_channels_last_changes_no_image(tiny_pipe):
+def test_channels_last_and_compile_change_no_image(tiny_pipe):
     bank = _bank(tiny_pipe)
     plain = _run(EditPipeline(tiny_pipe, bank), edits={"<d1>": 3.0}, guidance_scale=5.0)
     nhwc = EditPipeline(tiny_pipe, bank, channels_last=True)
     assert tiny_pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(_run(nhwc, edits={"<d1>": 3.0}, guidance_scale=5.0), plain, atol=1e-5, rtol=1e-4)
+    traced = EditPipeline(tiny_pipe, bank, compile="aot-eager")  # the edit loop's UNet call through TorchDynamo
+    assert traced._unet is not tiny_pipe.unet
+    torch.testing.assert_close(_run(traced, edits={"<d1>": 3.0}, guidance_scale=5.0), plain, atol=1e-5, rtol=1e-4)
     with pytest.raises(NoiseCLRLabError, match="compile must be one of"):
         EditPipeline(tiny_pipe, bank, compile="fastest")
 
