@@ -1,11 +1,13 @@
 """The machine yardstick: one toy UNet forward + backward pass at batch 64, the figure the project's CPU timings
 (the demo's minutes, the discovery table's seconds) are quoted against.
 
-A demo time means little without the machine's speed: the same `noiseclr-lab demo` took 16.4 min on 2 cores
-where this pass took about 1.0 s and 8.0 min where it took 0.70 s. Two variants are timed, both on the shipped
-toy UNet (``toy:faces``) in fp32, with random latents, timesteps and text states:
+A demo time means little without the machine's speed: the same `noiseclr-lab demo` took 15-16 min on 2 cores
+of a machine where a weight-gradient pass took about 1.0 s and 8.0 min on one where this script reads 0.44-0.52 s
+(input gradients) and 0.6-1.0 s (weight gradients, which vary from pass to pass there: quote the input-gradient
+figure). Two variants are timed, both on the shipped toy UNet (``toy:faces``) in fp32, with random latents,
+timesteps and text states:
 
-- ``weights``: gradients for every UNet weight (the usual "training step" of a model);
+- ``weights``: gradients for every UNet weight and the text states (the usual "training step" of a model);
 - ``inputs``: gradients for the text states only (what NoiseCLR training does: the UNet is frozen and only the
   direction embeddings learn).
 
@@ -47,6 +49,7 @@ def time_pass(unet, batch: int, weights: bool, repeats: int, device: torch.devic
     x = torch.randn(batch, cfg.in_channels, size, size, generator=g).to(device)
     c = torch.randn(batch, 77, cfg.cross_attention_dim, generator=g).to(device).requires_grad_(True)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    was = [p.requires_grad for p in unet.parameters()]
     unet.requires_grad_(weights)
     out = []
     for i in range(repeats + 1):
@@ -56,9 +59,11 @@ def time_pass(unet, batch: int, weights: bool, repeats: int, device: torch.devic
             torch.cuda.synchronize(device)
         if i:
             out.append(time.perf_counter() - t0)
-        unet.zero_grad(set_to_none=True)
+        unet.zero_grad(set_to_none=False)  # gradient buffers kept: no allocation noise in the timing
         c.grad = None
-    unet.requires_grad_(False)
+    unet.zero_grad(set_to_none=True)
+    for p, flag in zip(unet.parameters(), was):  # the module as it came
+        p.requires_grad_(flag)
     return out
 
 
@@ -72,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> dict:
+def measure(argv=None) -> dict:
+    """Parse ``argv``, time both variants, print one line and return the figures (also written to --json)."""
     args = build_parser().parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         raise SystemExit("bench_machine: --batch and --repeats must be at least 1.")
     device = pick_device(args.device)
-    unet = load_pipeline(args.model, device=device).unet
+    unet = load_pipeline(args.model, device=device, dtype=torch.float32).unet  # fp32 on every device
     res = {"model": args.model, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "cpu": cpu_name()}
     for name, weights in (("weights", True), ("inputs", False)):
@@ -93,5 +99,10 @@ def main(argv=None) -> dict:
     return res
 
 
+def main(argv=None) -> int:
+    measure(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -85,11 +85,19 @@ def test_bench_machine_times_the_yardstick_both_ways(tiny_pipe_dir, tmp_path, ca
     import bench_machine
     import pytest
 
+    from noiseclr_lab.models import load_pipeline
+
     out = tmp_path / "machine.json"
-    res = bench_machine.main(["--model", str(tiny_pipe_dir), "--batch", "2", "--repeats", "2", "--json", str(out)])
-    assert json.loads(out.read_text()) == res and res["batch"] == 2 and res["device"] == "cpu"
+    assert bench_machine.main(["--model", str(tiny_pipe_dir), "--batch", "2", "--repeats", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["batch"] == 2 and res["device"] == "cpu"
     for name in ("weights", "inputs"):
         assert len(res[f"{name}_all_s"]) == 2 and res[f"{name}_s"] > 0
     assert "with weight gradients" in capsys.readouterr().out
+    unet = load_pipeline(str(tiny_pipe_dir), device="cpu").unet
+    unet.conv_in.requires_grad_(False)  # a mixed state, as the module came, is given back
+    before = [p.requires_grad for p in unet.parameters()]
+    assert len(bench_machine.time_pass(unet, 2, True, 1, torch.device("cpu"))) == 1
+    assert [p.requires_grad for p in unet.parameters()] == before and all(p.grad is None for p in unet.parameters())
     with pytest.raises(SystemExit, match="at least 1"):
         bench_machine.main(["--model", str(tiny_pipe_dir), "--repeats", "0"])
