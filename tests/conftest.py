@@ -161,9 +161,9 @@ def toy_demo(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         rc = main(["demo", "--out", str(out), *DEMO_ARGS])
     assert rc == 0, printed.getvalue()[-2000:]
-    report = out / "run" / "report"
-    return SimpleNamespace(out=out, run=RunDir(out / "run"), stdout=printed.getvalue(),
-                           report=SimpleNamespace(html=report / "report.html", json=report / "report.json"))
+    run = RunDir(out / "run")
+    return SimpleNamespace(out=out, run=run, stdout=printed.getvalue(),
+                           report=SimpleNamespace(html=run.report_dir / "report.html", json=run.report_dir / "report.json"))
 
 
 CHROMIUM = "/usr/bin/chromium"
