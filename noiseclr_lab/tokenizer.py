@@ -11,7 +11,6 @@ import gzip
 import json
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 N_MERGES = 49152 - 256 - 2  # the merges CLIP uses (the rest of the file is unused)
@@ -63,14 +62,11 @@ def write_clip_tokenizer_files(folder: str | os.PathLike, model_max_length: int 
     return folder
 
 
-@lru_cache(maxsize=1)
-def _cached_folder() -> str:
-    folder = Path(tempfile.mkdtemp(prefix="noiseclr_lab_tokenizer_"))
-    return str(write_clip_tokenizer_files(folder))
-
-
 def build_clip_tokenizer(model_max_length: int = 77):
-    """A ``transformers.CLIPTokenizer`` equal to SD 1.x's, built without any download."""
+    """A ``transformers.CLIPTokenizer`` equal to SD 1.x's, built without any download (its files are written to
+    a temporary folder, read, and removed: the tokenizer keeps nothing on disk)."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(_cached_folder(), model_max_length=model_max_length)
+    with tempfile.TemporaryDirectory(prefix="noiseclr_lab_tokenizer_") as folder:
+        write_clip_tokenizer_files(folder)
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)

@@ -17,3 +17,17 @@ def test_special_tokens_and_length():
     tok = build_clip_tokenizer()
     assert len(tok) == 49408 and tok.model_max_length == 77
     assert tok.bos_token_id == 49406 and tok.eos_token_id == 49407 and tok.pad_token_id == 49407
+
+
+def test_building_leaves_no_files_behind(tmp_path, monkeypatch):
+    import noiseclr_lab.tokenizer as tokenizer
+
+    written = []
+    write = tokenizer.write_clip_tokenizer_files
+    monkeypatch.setattr(tokenizer, "write_clip_tokenizer_files", lambda folder, **kw: written.append(write(folder, **kw)))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where TemporaryDirectory makes its folder
+    tok = build_clip_tokenizer(model_max_length=16)
+    assert len(written) == 1 and written[0].parent == tmp_path  # the files went here...
+    assert list(tmp_path.iterdir()) == []  # ...and were removed once read (each build used to leave 1.5 MB)
+    tok.add_tokens(["<d1>"])  # the tokenizer needs no files after loading
+    assert tok("a <d1> face").input_ids[2] == 49408 and tok.model_max_length == 16
