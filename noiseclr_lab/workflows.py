@@ -41,7 +41,7 @@ from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline, default_edit_start, resolve_edits
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import save_image_atomic, write_json_atomic
+from noiseclr_lab.fileio import read_json, save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
 from noiseclr_lab.recipe import Recipe
 from noiseclr_lab.reports import ReportResult, build_report
@@ -122,19 +122,43 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                                "(train --resume) before selecting.")
     full = DirectionBank.load(ck / RunDir.DIRECTIONS)
     say = log or (lambda _msg: None)
+    settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
+                             prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
+                             guidance_scale=cfg.validation_guidance)
+    done_before = _finished_selection(run, full, cfg, settings)
+    if done_before is not None:  # e.g. a finished demo run again: its kept bank (and anything written into it) stays
+        say(f"selection: kept {cfg.select} of {len(full)} directions already ({run.selection_path.name})")
+        return done_before
     say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
         f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
     device = cfg.device or None
     pipe = load_pipeline(cfg.model, device=device)
     clip_model = load_clip_model(cfg.select_clip, device=pipe.device)
-    settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
-                             prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
-                             guidance_scale=cfg.validation_guidance)
     sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
-    write_json_atomic(run.selection_path, sel.as_dict())
+    write_json_atomic(run.selection_path, sel.as_dict() | {"select_clip": cfg.select_clip})
     return sel
+
+
+def _finished_selection(run: RunDir, full: DirectionBank, cfg: TrainConfig, settings: SweepSettings):
+    """The run's selection when ``selection.json`` records this very selection (the same trained bank, sweep,
+    CLIP model, threshold and count) and ``directions.safetensors`` holds its kept directions; else None."""
+    from noiseclr_lab.analysis.selection import Selection
+
+    if not (run.selection_path.is_file() and run.directions_path.is_file()):
+        return None
+    try:
+        old = read_json(run.selection_path)
+        sel = Selection.from_dict(old)
+        kept = DirectionBank.load(run.directions_path)
+    except (NoiseCLRLabError, KeyError, ValueError, TypeError):
+        return None  # damaged or of an older layout: select again
+    same = (sel.bank == full.content_hash() and old.get("select_clip") == cfg.select_clip
+            and sel.settings == settings and sel.max_similarity == cfg.select_max_similarity
+            and len(sel.kept) == cfg.select and kept.tokens == [full.tokens[k] for k in sel.kept]
+            and all(bool((kept.embeddings[i] == full.embeddings[k]).all()) for i, k in enumerate(sel.kept)))
+    return sel if same else None
 
 
 def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *, reader: Reader | None = None,

@@ -63,6 +63,16 @@ def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tin
     assert [strength[t] for t in kept.tokens] == sorted((strength[t] for t in kept.tokens), reverse=True)
     assert sel["settings"]["scales"] == [-10.0, 10.0] and sel["settings"]["seeds"] == 2
     assert sel["max_similarity"] == cfg.select_max_similarity == 0.7  # the config's threshold was used
+    # the same selection again (a finished run trained again, e.g. a rerun demo) keeps what is there: no sweep,
+    # the kept bank file untouched (a label written into it stays)
+    labelled = DirectionBank.load(run.directions_path)
+    labelled.labels[0] = "smile"
+    labelled.save(run.directions_path)
+    stamps = {p: p.stat().st_mtime_ns for p in (run.directions_path, run.selection_path, run.all_directions_path)}
+    same = select_run(run, cfg, progress=False)
+    assert [full.tokens[k] for k in same.kept] == sel["kept"] and same.bank == full.content_hash()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert DirectionBank.load(run.directions_path).labels[0] == "smile"
     # selecting again (e.g. another select) reads every direction from the last checkpoint, not the kept file
     again = select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 2}), progress=False)
     assert DirectionBank.load(run.directions_path).tokens == [full.tokens[k] for k in again.kept]

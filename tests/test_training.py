@@ -82,6 +82,29 @@ def test_resume_and_restart_guards(cfg, tmp_path):
         Trainer(cfg(steps=4, lr=5e-3), resume=True)
 
 
+def test_resume_after_the_workspace_moved(cfg, tmp_path):
+    """A run and its data folder moved together (the demo's layout) resume; other data at the new path does not."""
+    import shutil
+
+    from noiseclr_lab.toyworld.render import render_folder
+
+    render_folder("faces", 12, tmp_path / "ws" / "data", seed=0)
+    train(cfg(data=str(tmp_path / "ws" / "data"), out=str(tmp_path / "ws" / "run"), steps=2))
+    shutil.move(tmp_path / "ws", tmp_path / "moved")
+    moved = cfg(data=str(tmp_path / "moved" / "data"), out=str(tmp_path / "moved" / "run"), steps=4)
+    trainer = Trainer(moved, resume=True)
+    assert trainer.start_step == 2
+    trainer.run()
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "moved" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    (tmp_path / "moved" / "data" / "00011.png").unlink()  # the data changed, then moved again
+    shutil.move(tmp_path / "moved", tmp_path / "again")
+    with pytest.raises(NoiseCLRLabError, match="is not what the run was trained on"):
+        Trainer(cfg(data=str(tmp_path / "again" / "data"), out=str(tmp_path / "again" / "run"), steps=6), resume=True)
+    with pytest.raises(NoiseCLRLabError, match=r"differs from the run's in \['data'\]"):  # a toy source in its place
+        Trainer(cfg(out=str(tmp_path / "again" / "run"), steps=6), resume=True)
+
+
 def test_batched_single_anchor_computes_the_official_loss(cfg, tmp_path):
     """anchors_per_step=1: the official loss (one anchor, the rest negatives) in one UNet call per step."""
     off = Trainer(cfg(schedule="official", tokens_per_iter=3, out=str(tmp_path / "off")))

@@ -37,15 +37,27 @@ class Selection:
     clip: str  # the CLIP model's fingerprint
     max_similarity: float
 
+    bank: str = ""  # the content hash of the bank selected from (DirectionBank.content_hash)
+
     def as_dict(self) -> dict:
         return {
-            "schema": SELECTION_SCHEMA, "settings": self.settings.as_dict(), "clip": self.clip,
+            "schema": SELECTION_SCHEMA, "bank": self.bank, "settings": self.settings.as_dict(), "clip": self.clip,
             "max_similarity": self.max_similarity, "kept": [self.tokens[k] for k in self.kept],
             "directions": [{"token": t, "strength": round(float(self.strength[k]), 5), "kept": k in self.kept,
                             "rank": (self.kept.index(k) + 1) if k in self.kept else None,
                             "repeats": None if self.duplicates[k] is None else self.tokens[self.duplicates[k]]}
                            for k, t in enumerate(self.tokens)],
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Selection:
+        """The selection ``as_dict`` wrote (``selection.json``)."""
+        tokens = [r["token"] for r in d["directions"]]
+        return cls(kept=[tokens.index(t) for t in d["kept"]], tokens=tokens,
+                   strength=np.array([r["strength"] for r in d["directions"]]),
+                   duplicates=[None if r["repeats"] is None else tokens.index(r["repeats"]) for r in d["directions"]],
+                   settings=SweepSettings.from_dict(d["settings"]), clip=d["clip"],
+                   max_similarity=float(d["max_similarity"]), bank=d.get("bank", ""))
 
 
 @torch.no_grad()
@@ -69,4 +81,4 @@ def select_directions(pipe, bank: DirectionBank, clip: ClipModel, keep: int, set
     strength, axis = edit_signature(f_edited, f_base, settings.scales)
     kept, dup = greedy_select(strength, axis, keep, max_similarity)
     return Selection(kept=kept, tokens=list(bank.tokens), strength=strength, duplicates=dup, settings=settings,
-                     clip=clip.fingerprint(), max_similarity=max_similarity)
+                     clip=clip.fingerprint(), max_similarity=max_similarity, bank=bank.content_hash())

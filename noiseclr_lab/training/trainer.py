@@ -91,6 +91,12 @@ def _git_sha() -> str:
         return ""
 
 
+def _data_digest(fingerprint: str) -> str:
+    """A data fingerprint without the folder's path (``folder:<path>:<digest>`` -> ``<digest>``), so that a moved
+    data folder still matches; ``toy:`` fingerprints have no path and stay whole."""
+    return fingerprint.rsplit(":", 1)[-1] if fingerprint.startswith("folder:") else fingerprint
+
+
 def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + micro)
 
@@ -110,6 +116,7 @@ class Trainer:
                                log_with=log_with, project_dir=str(self.run_dir))
         acc = self.acc
         self.start_step = 0
+        self._trained_on = None  # on --resume from a moved data folder: the fingerprint of the data trained on
         ck = None
         if resume:
             ck = self.rundir.latest_checkpoint()
@@ -146,6 +153,10 @@ class Trainer:
             latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
         self.latents = latents.to(acc.device)  # kept on the device: a step gathers its batch there, no copy
         self.data_fingerprint = data_fp
+        if self._trained_on is not None and _data_digest(self._trained_on) != _data_digest(data_fp):
+            raise NoiseCLRLabError(
+                f"--resume: the training data in {cfg.data} is not what the run was trained on ({self._trained_on}): "
+                "its files, sizes or modification times differ.")
         global_b = cfg.batch_size * acc.num_processes
         if len(self.latents) < global_b or len(self.latents) < 2:
             raise NoiseCLRLabError(
@@ -201,9 +212,13 @@ class Trainer:
     def _check_resumable(self) -> None:
         if not self.rundir.config_path.is_file():
             raise NoiseCLRLabError(f"--resume: {self.rundir.config_path} is missing.")
-        old = self.rundir.read_config()["config"]
-        new = self.cfg.to_dict()
+        written = self.rundir.read_config()
+        old, new = written["config"], self.cfg.to_dict()
         diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        trained_on = written.get("provenance", {}).get("data", "")
+        if "data" in diff and trained_on.startswith("folder:") and not new["data"].startswith("toy:"):
+            diff.remove("data")  # a moved or renamed folder: checked by its content's fingerprint once it is read
+            self._trained_on = trained_on
         if new.get("lr_schedule") == "cosine" and old.get("steps") != new["steps"]:
             diff.append("steps (the cosine schedule decays over them)")
         if diff:
