@@ -137,7 +137,7 @@ def tiny_clip_name(tmp_path_factory):
     return "tiny-test-clip"
 
 
-DEMO_ARGS = ["--steps", "2", "--seeds", "2", "--scales=-6,6", "--eval-steps", "4", "--device", "cpu",
+DEMO_ARGS = ["--steps", "2", "--seeds", "2", "--eval-steps", "4", "--device", "cpu",
              "--set", "select_seeds=2", "--set", "select_steps=4", "--set", "validation_steps=4"]
 
 
@@ -145,10 +145,10 @@ DEMO_ARGS = ["--steps", "2", "--seeds", "2", "--scales=-6,6", "--eval-steps", "4
 def toy_demo(tmp_path_factory):
     """``noiseclr-lab demo`` (through the CLI's ``main``) at test size on the shipped toy faces model (24
     directions trained for 2 steps, the 12 kept by a 2-seed, 4-step selection, 4-step validation grids;
-    evaluation with 2 seeds, scales -6 and 6, 4 denoising steps): a run with config, metrics, bank (tokens: a
+    evaluation with 2 seeds at the demo's own scales -6, -3, 3 and 6, 4 denoising steps): a run with config, metrics, bank (tokens: a
     selection of <d1>..<d24>), selection.json, gt_metrics.json, analysis.json, cached sweeps and report.
     ``.out`` the demo folder, ``.run`` its RunDir, ``.report.html`` / ``.report.json``, ``.stdout`` what the
-    command printed. Read-only for tests (copy it to change it)."""
+    command printed, ``.args`` the demo's arguments after ``--out``. Read-only for tests (copy it to change it)."""
     import contextlib
     import io
     from types import SimpleNamespace
@@ -162,7 +162,7 @@ def toy_demo(tmp_path_factory):
         rc = main(["demo", "--out", str(out), *DEMO_ARGS])
     assert rc == 0, printed.getvalue()[-2000:]
     run = RunDir(out / "run")
-    return SimpleNamespace(out=out, run=run, stdout=printed.getvalue(),
+    return SimpleNamespace(out=out, run=run, stdout=printed.getvalue(), args=list(DEMO_ARGS),
                            report=SimpleNamespace(html=run.report_dir / "report.html", json=run.report_dir / "report.json"))
 
 

@@ -120,7 +120,8 @@ def test_zero_terminal_snr_variant_places_shapes_where_the_caption_says():
 def test_demo_end_to_end_small(toy_demo, tmp_path, capsys):
     """`noiseclr-lab demo` through the CLI (the session's `toy_demo` fixture runs it at test size): bad --set
     values fail before anything is written; the run holds every stage's output, the command printed the scores,
-    the stages and the paths, and `analyze` afterwards reads the demo's cached sweep."""
+    the stages and the paths; the same demo on the folder moved elsewhere resumes it: nothing is trained,
+    selected or generated again."""
     import json
 
     from noiseclr_lab.cli import main
@@ -147,11 +148,18 @@ def test_demo_end_to_end_small(toy_demo, tmp_path, capsys):
     sweeps = sorted((run / "analysis" / "sweeps").iterdir())
     assert len(sweeps) == 3  # one per bank; analyze read the trained bank's, adding its CLIP features there
     assert [p.name for p in sweeps if any(p.glob("features-*"))] != []
-    copy = shutil.copytree(run, tmp_path / "run")  # the fixture is read-only
-    made = {p: p.stat().st_mtime_ns for p in (copy / "analysis" / "sweeps").rglob("*.safetensors")}
-    assert main(["analyze", str(copy), "--seeds", "2", "--steps", "4", "--scales=-6,6", "--no-suggestions"]) == 0
-    assert len(list((copy / "analysis" / "sweeps").iterdir())) == 3
-    assert made and all(p.stat().st_mtime_ns == t for p, t in made.items())  # every sweep image read, none remade
+    assert gt["settings"]["scales"] == [-6.0, -3.0, 3.0, 6.0]  # the demo's own evaluation scales
+    # the demo again, on the whole folder moved elsewhere (the fixture is read-only; copytree keeps mtimes as
+    # `cp -a` does): training and selection are done, every sweep image is read from the cache
+    moved = shutil.copytree(toy_demo.out, tmp_path / "moved demo")
+    kept = [moved / "run" / "directions_all.safetensors", moved / "run" / "selection.json"]
+    made = {p: p.stat().st_mtime_ns for p in [*(moved / "run" / "analysis" / "sweeps").rglob("*.safetensors"), *kept]}
+    capsys.readouterr()
+    assert main(["demo", "--out", str(moved), *toy_demo.args]) == 0
+    said = capsys.readouterr().out
+    assert "selection: kept 12 of 24 directions already" in said and "every image read from the cache" in said
+    assert len(list((moved / "run" / "analysis" / "sweeps").iterdir())) == 3
+    assert len(made) > 10 and all(p.stat().st_mtime_ns == t for p, t in made.items())  # nothing remade
 
 
 def test_gt_scores_word_directions_above_random(toy_pipe):
