@@ -80,5 +80,25 @@ def guard(fn, *args, **kwargs):
         return None
 
 
+def done(message: str) -> None:
+    """Rerun the page now (so everything on it shows the change just made) and say ``message`` at the top."""
+    st.session_state["done_message"] = message
+    st.rerun()
+
+
+def say_done() -> None:
+    """The message of the last ``done``, once."""
+    message = st.session_state.pop("done_message", None)
+    if message:
+        st.success(message)
+
+
+def chart(fig, **kwargs):
+    """``st.plotly_chart`` at the page's width with the report's toolbar (no logo, no "Share chart" upload)."""
+    from noiseclr_lab.reports.figures import PLOTLY_CONFIG
+
+    return st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, **kwargs)
+
+
 def here() -> Path:
     return Path(__file__).resolve().parent

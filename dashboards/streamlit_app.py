@@ -17,6 +17,8 @@ from common import workspace  # noqa: E402
 st.set_page_config(page_title="noiseclr_lab", layout="wide")
 ws = workspace()
 st.sidebar.caption(f"Workspace: {ws.root}")
+st.sidebar.text_input("Your name", key="who", placeholder="recorded with the labels you save",
+                      help="Stored with each label, note and verdict in the workspace's label history.")
 pages = [
     st.Page("app_pages/runs.py", title="Runs", default=True),
     st.Page("app_pages/directions.py", title="Directions"),

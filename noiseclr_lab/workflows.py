@@ -504,14 +504,26 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
                       notes=list(inversion.notes) if inversion is not None else [])
 
 
+def preview_strip_path(run: str | os.PathLike | RunDir, token: str,
+                       scales: Sequence[float] = (-6.0, -3.0, 0.0, 3.0, 6.0), seeds: int = 4,
+                       num_inference_steps: int = 15, guidance_scale: float = 3.0, bank: DirectionBank | None = None) -> Path:
+    """Where ``preview_strip`` keeps the strip of these settings (it exists once the strip was made)."""
+    import hashlib
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    bank = bank or DirectionBank.load(run.require_directions())
+    k = bank.index(token)
+    key = hashlib.sha256(repr((bank.content_hash(), bank.tokens[k], [float(x) for x in scales], seeds,
+                               num_inference_steps, guidance_scale)).encode()).hexdigest()[:12]
+    return run.analysis_dir / f"preview-{k:04d}-{key}.png"
+
+
 def preview_strip(run: str | os.PathLike | RunDir, token: str, scales: Sequence[float] = (-6.0, -3.0, 0.0, 3.0, 6.0),
                   seeds: int = 4, num_inference_steps: int = 15, guidance_scale: float = 3.0, pipe=None, device=None,
                   on_progress: Callable[[float], None] | None = None) -> Path:
     """A seeds x scales strip of one direction (rows: seeds, columns: scales), made when a run has no cached
     sweep to show, and kept as RUN/analysis/preview-<index>-<settings hash>.png (returned as is next time).
     ``on_progress(fraction)`` is called after each scale."""
-    import hashlib
-
     import torch
 
     from noiseclr_lab.editing import compose_grid
@@ -519,9 +531,7 @@ def preview_strip(run: str | os.PathLike | RunDir, token: str, scales: Sequence[
     run = run if isinstance(run, RunDir) else RunDir(run)
     bank = DirectionBank.load(run.require_directions())
     k = bank.index(token)
-    key = hashlib.sha256(repr((bank.content_hash(), bank.tokens[k], [float(x) for x in scales], seeds,
-                               num_inference_steps, guidance_scale)).encode()).hexdigest()[:12]
-    path = run.analysis_file(f"preview-{k:04d}-{key}.png")
+    path = preview_strip_path(run, token, scales, seeds, num_inference_steps, guidance_scale, bank=bank)
     if path.is_file():
         return path
     if pipe is None:
@@ -539,6 +549,7 @@ def preview_strip(run: str | os.PathLike | RunDir, token: str, scales: Sequence[
             on_progress((n + 1) / len(scales))
     grid = compose_grid([[cols[c][r] for c in range(len(scales))] for r in range(seeds)],
                         [f"seed {r}" for r in range(seeds)], [f"{x:+g}" for x in scales], cell=96)
+    path = run.analysis_file(path.name)  # the folder is made here
     save_image_atomic(grid, path)
     return path
 

@@ -101,6 +101,10 @@ def test_directions_page_generates_a_missing_strip(ws):
     at.button(key="strip_0@toy/run").click().run()
     assert not at.exception and not at.error and len(at.image) == 1
     assert list((ws / "toy" / "run" / "analysis").glob("preview-0000-*.png"))
+    made = {p: p.stat().st_mtime_ns for p in (ws / "toy" / "run" / "analysis").glob("preview-*.png")}
+    at.run()  # any later rerun (e.g. saving a label) still shows the strip made, without making it again
+    assert not at.exception and len(at.image) == 1
+    assert {p: p.stat().st_mtime_ns for p in (ws / "toy" / "run" / "analysis").glob("preview-*.png")} == made
 
 
 def test_compose_page_edits_and_its_recipe_replays_to_the_same_pixels(ws, tmp_path, monkeypatch):
@@ -142,7 +146,8 @@ def test_compare_page_tables_two_runs(ws):
     at = page("compare", ws)
     assert not at.exception and not at.error
     at.multiselect(key="compare_runs").set_value(["tiny/run", "toy/run"]).run()
-    assert list(at.dataframe[0].value["name"]) == ["tiny/run", "toy/run"]
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["tiny/run", "toy/run"] and "factors covered" in table.columns
 
 
 def test_workspace_refuses_paths_outside_it(ws, tmp_path):
@@ -281,7 +286,8 @@ def live_dashboard(ws, monkeypatch):
 
 
 def test_dashboard_in_a_real_browser(live_dashboard, ws, page, tmp_path):
-    """Open the app, compose an edit, label a direction (checked in SQLite), keep a screenshot."""
+    """Open the app, compose an edit, label a direction (checked in SQLite), pick a pair by clicking its
+    interference cell, keep a screenshot."""
     page.set_default_timeout(60_000)
     page.goto(live_dashboard)
     page.get_by_role("heading", name="Runs").wait_for()
@@ -294,7 +300,7 @@ def test_dashboard_in_a_real_browser(live_dashboard, ws, page, tmp_path):
     page.wait_for_timeout(2000)  # the page reruns for the other run (its widgets are replaced)
     page.locator('[data-testid="stMultiSelect"]').first.click()
     first = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors").tokens[0]
-    page.get_by_role("option", name=re.compile("^" + re.escape(first) + " ")).click()  # not "Select all"
+    page.get_by_role("option", name=re.compile("^" + re.escape(first) + "( |$)")).click()  # not "Select all"
     page.keyboard.press("Escape")
     compose = page.get_by_role("button", name="Compose")
     expect(compose).to_be_enabled()
@@ -312,5 +318,19 @@ def test_dashboard_in_a_real_browser(live_dashboard, ws, page, tmp_path):
     with LabelStore(ws / "labels.sqlite") as store:
         values = [v.get("label") for v in store.current(bank.content_hash()).values()]
     assert "browser label" in values
+    # Interference: a click on cell (row 1, column 0) of the heat map picks that pair in the two selectors
+    tokens = json.loads((ws / "tiny" / "run" / "analysis" / "analysis.json").read_text())["composition"]["tokens"]
+    page.get_by_role("link", name="Interference").click()
+    page.get_by_role("heading", name="Interference").wait_for()
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="tiny/run").click()
+    picked = lambda: [page.get_by_role("combobox", name=n).input_value() for n in ("i (row)", "j (column)")]  # noqa: E731
+    expect(page.get_by_role("combobox", name="i (row)")).to_have_value(tokens[0])
+    assert picked() == [tokens[0], tokens[1]]
+    area = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first.bounding_box()
+    n = len(tokens)
+    page.mouse.click(area["x"] + area["width"] * 0.5 / n, area["y"] + area["height"] * 1.5 / n)
+    expect(page.get_by_role("combobox", name="i (row)")).to_have_value(tokens[1])
+    assert picked() == [tokens[1], tokens[0]]
     assert (tmp_path / "compose.png").stat().st_size > 10_000
     assert sys.executable  # the server ran under this interpreter

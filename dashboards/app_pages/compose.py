@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
-from common import MAX_UPLOAD_MB, guard, pick_run, pipeline, workspace  # noqa: E402
+from common import MAX_UPLOAD_MB, guard, labels, pick_run, pipeline, workspace  # noqa: E402
 
 from noiseclr_lab.directions import DirectionBank  # noqa: E402
 from noiseclr_lab.editing.images import decode_upload  # noqa: E402
@@ -25,9 +25,13 @@ if info is None:
 bank = DirectionBank.load(info.run.require_directions())
 
 
+saved = labels(ws).current(bank.content_hash())  # labels saved on the Directions page, exported or not
+
+
 def name_of(k: int) -> str:
-    extra = bank.labels[k] or bank.suggestions[k]
-    return bank.tokens[k] + (f" ({extra})" if extra else "")
+    tok = bank.tokens[k]
+    label = saved.get(tok, {}).get("label", bank.labels[k])
+    return f"{tok} · {label}" if label else f"{tok} · suggested {bank.suggestions[k]}" if bank.suggestions[k] else tok
 
 
 calibrated_ok = any(v is not None for v in bank.calibrated_scales)
@@ -38,8 +42,8 @@ with left:
                              disabled=not calibrated_ok, key=f"compose_calibrated::{info.name}",
                              help="the calibrated scale (from `analyze`) is the edit that reaches a common attribute "
                                   "change") and calibrated_ok
-    c1, c2, c3, c4, c5 = st.columns(5)
-    prompt = c1.text_input("Prompt", value=default_prompt(bank), key="compose_prompt")
+    prompt = st.text_input("Prompt", value=default_prompt(bank), key="compose_prompt")
+    c2, c3, c4, c5 = st.columns(4)
     seed = c2.number_input("Seed", value=0, step=1, key="compose_seed")
     steps = c3.number_input("Steps", min_value=2, max_value=200, value=15, step=1, key="compose_steps")
     guidance = c4.number_input("Guidance", min_value=0.0, max_value=30.0, value=3.0, step=0.5, key="compose_guidance")
@@ -82,7 +86,9 @@ def save_upload(file) -> Path | None:
 with left:
     if st.button("Compose", type="primary", disabled=not edits):
         image_path = save_upload(upload) if upload is not None else None
-        if upload is None or image_path is not None:
+        if upload is not None and image_path is None:  # refused (said above): no older result beside the message
+            st.session_state.pop(f"composed::{info.name}", None)
+        else:
             recipe = guard(Recipe, model=bank.base_model, bank=str(info.run.directions_path), edits=edits,
                            windows=windows, calibrated=calibrated, prompt=prompt, steps=int(steps), guidance=float(guidance),
                            guidance_rescale=float(rescale), seed=int(seed), image=str(image_path) if image_path else None, inversion=inversion,
@@ -97,8 +103,11 @@ with left:
 with right:
     if f"composed::{info.name}" in st.session_state:
         res, seconds = st.session_state[f"composed::{info.name}"]
-        st.image(res.image, caption=", ".join(f"{t} {v['scale']:+.2f}" for t, v in res.edits.items())
-                 + f" · {seconds:.1f} s", width=320)
+        shown = st.columns(2) if res.recipe.image else [st.container()]
+        if res.recipe.image:  # an edited upload: the image it started from beside the result
+            shown[0].image(res.recipe.image, caption="input", width=320)
+        shown[-1].image(res.image, caption=", ".join(f"{t} {v['scale']:+.2f}" for t, v in res.edits.items())
+                        + f" · {seconds:.1f} s", width=320)
         for note in res.notes:
             st.caption(note)
         buf = io.BytesIO()

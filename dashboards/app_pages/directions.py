@@ -7,13 +7,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
-from common import guard, labels, pick_run, pipeline, who, workspace  # noqa: E402
+from common import done, guard, labels, pick_run, pipeline, say_done, who, workspace  # noqa: E402
 
 from noiseclr_lab.directions import DirectionBank  # noqa: E402
 from noiseclr_lab.reports.collect import collect  # noqa: E402
 from noiseclr_lab.store import RunDir  # noqa: E402
+from noiseclr_lab.workflows import preview_strip_path  # noqa: E402
 
 st.title("Directions")
+say_done()
 ws = workspace()
 info = pick_run(ws)
 if info is None:
@@ -39,10 +41,15 @@ if cards is None:
     images = {}
 
 f1, f2, f3, f4 = st.columns(4)
-sort = f1.selectbox("Sort by", ["quality", "consistency", "label", "token"], key="sort")
+no_scores = cards[0]["quality"] is None if cards else True  # no analysis: nothing to sort or filter by but names
+sort = f1.selectbox("Sort by", ["label", "token"] if no_scores else ["quality", "consistency", "label", "token"],
+                    key="sort" + ("_plain" if no_scores else ""))
 text = f2.text_input("Filter (token or label)", key="filter")
-min_cons = f3.slider("Minimum consistency", 0.0, 1.0, 0.0, 0.05, key="min_consistency")
-active_only = f4.checkbox("Active only", value=False, key="active_only")
+min_cons = f3.slider("Minimum consistency", 0.0, 1.0, 0.0, 0.05, key="min_consistency", disabled=no_scores,
+                     help="consistency: do different seeds change the same way (CLIP feature changes, 0 to 1)")
+active_only = f4.checkbox("Active only", value=False, key="active_only", disabled=no_scores,
+                          help="active: the direction's main effect reaches the calibration target of `analyze` "
+                               "(it has a calibrated scale)") and not no_scores
 
 
 def human(c) -> str:
@@ -78,13 +85,17 @@ for c in shown:
                 verdict = st.radio("Verdict", verdicts, index=verdicts.index(mine.get("verdict", "")), horizontal=True,
                                    format_func=lambda v: v or "unmarked", key=f"verdict_{k}@{info.name}")
                 if st.form_submit_button("Save"):
-                    for field, value in (("label", label), ("notes", notes), ("verdict", verdict)):
-                        guard(store.set, bank_hash, tok, field, value, who(),
-                              baseline=bank.labels[k] if field == "label" else "")
-                    st.success(f"saved {tok}")
+                    saved = [guard(store.set, bank_hash, tok, field, value, who(),
+                                   baseline=bank.labels[k] if field == "label" else "")
+                             for field, value in (("label", label), ("notes", notes), ("verdict", verdict))]
+                    if None not in saved:  # every field stored: show the card as it is now
+                        done(f"saved {tok}")
         with right:
+            made = None if c["strip"] is not None else guard(preview_strip_path, run, tok, bank=bank)
             if c["strip"] is not None and c["strip"]["image"] in images:
                 st.image(images[c["strip"]["image"]], caption="seeds x scales (cached sweep)")
+            elif made is not None and made.is_file():
+                st.image(str(made), caption="seeds x scales (generated)")
             else:
                 if st.button("Generate the seeds x scales strip", key=f"strip_{k}@{info.name}"):
                     from noiseclr_lab.workflows import preview_strip
@@ -99,6 +110,9 @@ st.divider()
 if st.button("Export the labels into the bank"):
     n = guard(store.export, run.directions_path)
     if n is not None:
-        st.success(f"{n} label(s) written into {run.directions_path}")
+        done(f"{n} label(s) written into {run.directions_path}")
 with st.expander("Label history"):
-    st.dataframe(store.history(bank_hash), hide_index=True, width="stretch")
+    from datetime import datetime
+
+    st.dataframe([h | {"at": datetime.fromtimestamp(h["at"]).strftime("%Y-%m-%d %H:%M:%S")}
+                  for h in store.history(bank_hash)], hide_index=True, width="stretch")

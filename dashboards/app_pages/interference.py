@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
-from common import guard, pick_run, workspace  # noqa: E402
+from common import chart, guard, pick_run, workspace  # noqa: E402
 
 from noiseclr_lab.reports.collect import collect, composition_pair, fmt  # noqa: E402
 from noiseclr_lab.reports.figures import heatmap_figure  # noqa: E402
@@ -30,8 +30,8 @@ if not comp["available"]:
     st.stop()
 tokens = comp["tokens"]
 fig = heatmap_figure(comp["interference"], tokens, tokens, "Interference: change of row i's own effect when column j "
-                     "is added", "interference", hover="i=%{y}, j=%{x}: %{z:.3f}")
-event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key=f"heat@{info.name}")
+                     "is added", "interference", hover="i=%{y}, j=%{x}: %{z:.3f}", clickable=True)
+event = chart(fig, on_select="rerun", selection_mode="points", key=f"heat@{info.name}")
 points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
     getattr(getattr(event, "selection", None), "points", []) or []
 if points:
@@ -49,4 +49,4 @@ else:
     if png is None:
         st.info("The composition images are not cached in this run (analyze without --no-cache keeps them).")
     else:
-        st.image(png, caption="unedited, i, j, i+j on the same seeds")
+        st.image(png, caption="unedited, each alone, and both, on the same seeds (columns as labelled)")

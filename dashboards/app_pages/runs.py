@@ -6,11 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
-from common import guard, workspace  # noqa: E402
+from common import chart, done, guard, say_done, workspace  # noqa: E402
 
 from noiseclr_lab.reports.figures import loss_figure  # noqa: E402
 
 st.title("Runs")
+say_done()
 ws = workspace()
 runs = ws.runs()
 if not runs:
@@ -27,8 +28,7 @@ if info.status == "in progress":
 metrics = info.run.read_metrics()
 steps = [m["step"] for m in metrics if "loss" in m]
 if steps:
-    st.plotly_chart(loss_figure([(name, steps, [m["loss"] for m in metrics if "loss" in m], None)]),
-                    width="stretch")
+    chart(loss_figure([(name, steps, [m["loss"] for m in metrics if "loss" in m], None)]))
 report = info.run.report_dir / "report.html"
 c1, c2 = st.columns(2)
 if report.is_file():
@@ -41,6 +41,6 @@ if info.status in ("analysed", "reported") and c2.button("Build the report" if n
 
     res = guard(build, info.run)
     if res is not None:
-        st.success(f"wrote {res.html} in {res.seconds:.1f} s")
+        done(f"wrote {res.html} in {res.seconds:.1f} s")
 elif info.status == "trained":
     c2.caption(f"Not analysed yet: `noiseclr-lab analyze {info.run.path}` then `noiseclr-lab report {info.run.path}`.")

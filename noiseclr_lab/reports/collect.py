@@ -174,7 +174,8 @@ def _directions(run: RunDir, bank: DirectionBank, analysis: dict, images: dict[s
         item = {
             "index": k, "token": d["token"], "label": human, "suggested_label": d["suggested_label"],
             "sign": d["sign"], "confidence": round(float(d["confidence"]), 4),
-            "active": bool(d["calibration_reached"]), "calibrated_scale": d["calibrated_scale"],
+            "active": bool(d["calibration_reached"]),  # only a reached target gives a calibrated scale (else the
+            "calibrated_scale": d["calibrated_scale"] if d["calibration_reached"] else None,  # largest tried)
             "label_gain": round(float(d["label_gain"]), 4), "label_scale": d["label_scale"],
             "target": d["target"], "target_gain": round(float(d["target_gain"]), 4),
             "off_target": round(float(d["off_target"]), 4),
@@ -221,8 +222,10 @@ def _composition(run: RunDir, analysis: dict, images: dict[str, bytes] | None) -
     if not comp:
         return {"available": False, "reason": "the analysis ran without composition", "make_with":
                 f"noiseclr-lab analyze {run.path}"}
-    if "skipped" in comp:
-        return {"available": False, "reason": comp["skipped"], "make_with": f"noiseclr-lab analyze {run.path}"}
+    if "skipped" in comp:  # too few directions reached the calibration target: a lower one lets weaker ones in
+        lower = float(analysis.get("calibration_target") or 0.25) / 2
+        return {"available": False, "reason": comp["skipped"],
+                "make_with": f"noiseclr-lab analyze {run.path} --calibration-target {lower:g}"}
     tokens = comp["tokens"]
     K = len(tokens)
     inter = np.array([[np.nan if v is None else v for v in row] for row in comp["interference"]], dtype=float)

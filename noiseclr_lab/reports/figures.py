@@ -8,6 +8,10 @@ import numpy as np
 from noiseclr_lab.analysis.figures import png_bytes
 
 DIVERGING = "RdBu_r"
+# plotly's toolbar everywhere (report and dashboard): no logo, and no "Share chart" button (plotly.js offers to
+# upload the chart's data to Plotly Cloud by default; a report of unpublished research stays on this machine)
+FEW_STEPS = 30  # loss curves with fewer logged steps get markers
+PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False}
 
 
 def _t(text) -> str:
@@ -37,17 +41,19 @@ def locality_png(m: np.ndarray, vmax: float, title: str) -> bytes:
 
 
 def loss_png(runs: list[tuple[str, list, list, list | None]]) -> bytes:
-    """Training loss per step: (name, steps, raw loss, smoothed or None) per run, overlaid."""
+    """Training loss per step: (name, steps, raw loss, smoothed or None) per run, overlaid (with markers while
+    there are few steps, so that a run that logged one step still shows)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3))
     ax = fig.add_subplot()
     for name, steps, raw, smooth in runs:
+        dots = {"marker": "o", "ms": 3} if len(steps) < FEW_STEPS else {}
         if smooth is None:
-            ax.plot(steps, raw, label=_t(name))
+            ax.plot(steps, raw, label=_t(name), **dots)
         else:
-            ax.plot(steps, raw, alpha=0.3, label=_t(f"{name} (raw)"))
-            ax.plot(steps, smooth, label=_t(f"{name} (smoothed)"))
+            ax.plot(steps, raw, alpha=0.3, label=_t(f"{name} (raw)"), **dots)
+            ax.plot(steps, smooth, label=_t(f"{name} (smoothed)"), **dots)
     ax.set_xlabel("step"), ax.set_ylabel("contrastive loss")
     ax.legend(fontsize=7)
     return _png(fig)
@@ -102,18 +108,21 @@ def loss_figure(runs: list[tuple[str, list, list, list | None]]):
 
     fig = go.Figure()
     for name, steps, raw, smooth in runs:
+        mode = "lines+markers" if len(steps) < FEW_STEPS else "lines"  # a run that logged one step still shows
         if smooth is None:
-            fig.add_scatter(x=steps, y=raw, mode="lines", name=name)
+            fig.add_scatter(x=steps, y=raw, mode=mode, name=name)
         else:
-            fig.add_scatter(x=steps, y=raw, mode="lines", name=f"{name} (raw)", opacity=0.35)
-            fig.add_scatter(x=steps, y=smooth, mode="lines", name=f"{name} (smoothed)")
+            fig.add_scatter(x=steps, y=raw, mode=mode, name=f"{name} (raw)", opacity=0.35)
+            fig.add_scatter(x=steps, y=smooth, mode=mode, name=f"{name} (smoothed)")
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="contrastive loss")
     return _layout(fig, "Training loss")
 
 
 def heatmap_figure(m, rows: list[str], cols: list[str], title: str, colour_label: str, diverging: bool = True,
-                   hover: str = "%{y} / %{x}: %{z:.3f}"):
+                   hover: str = "%{y} / %{x}: %{z:.3f}", clickable: bool = False):
+    """A labelled heat map. ``clickable``: an invisible marker on every cell, so that a click selects the cell
+    (Streamlit's ``on_select`` reports points of scatter traces, not of heat maps)."""
     import plotly.graph_objects as go
 
     a = [[None if v is None else float(v) for v in r] for r in m]
@@ -123,6 +132,11 @@ def heatmap_figure(m, rows: list[str], cols: list[str], title: str, colour_label
     fig = go.Figure(go.Heatmap(z=a, x=cols, y=rows, colorscale=DIVERGING if diverging else "Viridis",
                                zmin=-lim if diverging else 0, zmax=lim, hovertemplate=hover + "<extra></extra>",
                                colorbar={"title": {"text": colour_label, "side": "right"}}, **values))
+    if clickable:
+        cells = [(r, c, a[i][j]) for i, r in enumerate(rows) for j, c in enumerate(cols)]
+        fig.add_scatter(x=[c for _, c, _ in cells], y=[r for r, _, _ in cells], mode="markers", showlegend=False,
+                        marker={"size": 24, "opacity": 0, "symbol": "square"}, customdata=[v for *_, v in cells],
+                        hovertemplate=hover.replace("%{z", "%{customdata") + "<extra></extra>")
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", tickangle=-45)
     return _layout(fig, title, height=max(300, 28 * len(rows) + 160))

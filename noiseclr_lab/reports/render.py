@@ -16,7 +16,7 @@ header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0;font-s
 header p{margin:4px 0 0;color:#c5cad3;font-size:13px}
 nav{padding:8px 28px;background:#fff;border-bottom:1px solid #dde1e7;position:sticky;top:0;z-index:5}
 nav a{margin-right:16px;color:#2457a7;text-decoration:none;font-size:14px}
-main{padding:8px 28px 40px;max-width:1280px}section{margin-top:26px}h2{border-bottom:2px solid #dde1e7}
+main{padding:8px 28px 40px;max-width:1280px}section{margin-top:26px;scroll-margin-top:48px}h2{border-bottom:2px solid #dde1e7}
 table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #dde1e7;padding:3px 8px;
 text-align:left}th{background:#eef1f5}.cards{display:flex;flex-wrap:wrap;gap:14px}
 .card{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 14px;width:100%;box-sizing:border-box}
@@ -50,13 +50,22 @@ class _Html:
 
         self.n += 1
         return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot-{self.n}",
-                           config={"displaylogo": False, "responsive": True})
+                           config=F.PLOTLY_CONFIG | {"responsive": True})
 
 
 def _table(rows: list[list], head: list[str]) -> str:
     h = "".join(f"<th>{_e(c)}</th>" for c in head)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def _overview(data: dict) -> dict:
+    """The Run table of both renderings."""
+    s = data["summary"]
+    return {"base model": s["base_model"], "data": s["data"] or "n/a", "directions": s["directions"],
+            "active directions": s["active_directions"], "mean quality": s["mean_quality"], "CLIP": s["clip"],
+            "vocabulary": s["vocabulary"], "calibration target": s["calibration_target"],
+            "final loss": data["training"]["final_loss"]}
 
 
 def _kv(d: dict) -> list[list]:
@@ -91,8 +100,7 @@ def _card_rows(d: dict) -> list[list]:
 
 def _loss_runs(data: dict) -> list:
     t = data["training"]
-    runs = [(data["summary"]["name"], t["steps"], t["loss"], t["loss_smoothed"])]
-    return runs
+    return [("loss", t["steps"], t["loss"], t["loss_smoothed"])]  # one run: its legend says raw / smoothed
 
 
 def render_html(data: dict, images: dict[str, bytes]) -> str:
@@ -112,11 +120,7 @@ def render_html(data: dict, images: dict[str, bytes]) -> str:
     if not s["analysis_current"]:
         h.add('<p class="warn">The bank changed since it was analysed: the numbers describe the directions as they '
               'were. Re-run analyze.</p>')
-    overview = {"base model": s["base_model"], "data": s["data"] or "n/a", "directions": s["directions"],
-                "active directions": s["active_directions"], "mean quality": s["mean_quality"],
-                "CLIP": s["clip"], "vocabulary": s["vocabulary"], "calibration target": s["calibration_target"],
-                "final loss": data["training"]["final_loss"]}
-    h.add(_table(_kv(overview), ["", ""]))
+    h.add(_table(_kv(_overview(data)), ["", ""]))
     if data["training"]["steps"]:
         h.add(h.plot(F.loss_figure(_loss_runs(data))))
         h.add(f'<p class="note">final loss: {_e(data["training"]["final_loss_note"])}</p>')
@@ -230,10 +234,7 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
     if not s["analysis_current"]:
         out.append("> The bank changed since it was analysed: the numbers describe the directions as they were.\n")
     out.append("## Run\n")
-    out.append(_md_table(_kv({"base model": s["base_model"], "data": s["data"] or "n/a", "directions": s["directions"],
-                              "active directions": s["active_directions"], "mean quality": s["mean_quality"],
-                              "CLIP": s["clip"], "vocabulary": s["vocabulary"], "final loss":
-                              data["training"]["final_loss"]}), ["", ""]))
+    out.append(_md_table(_kv(_overview(data)), ["item", "value"]))
     if data["training"]["steps"]:
         figs["loss"] = F.loss_png(_loss_runs(data))
         out.append("\n![training loss](images/loss.png)\n")
@@ -242,7 +243,7 @@ def render_markdown(data: dict, images: dict[str, bytes]) -> tuple[str, dict[str
     for d in (by_token[t] for t in data["order"]):
         out.append(f"\n### {_m(d['token'])}{' · ' + _m(d['label']) if d['label'] else ''}: {_m(d['suggested_label'])}"
                    f"{'' if d['active'] else ' (inactive)'}\n\n")
-        out.append(_md_table(_card_rows(d), ["", ""]))
+        out.append(_md_table(_card_rows(d), ["measure", "value"]))
         if d["strip"]:
             out.append(f"\n![{_m(d['token'])} seeds x scales](images/{d['strip']['image']}.png)")
         if d["locality"]:
