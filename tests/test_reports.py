@@ -187,6 +187,10 @@ def test_report_opens_offline_in_a_real_browser(toy_demo, page, tmp_path):
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}")
     for i in range(n):
         assert charts.nth(i).locator(".main-svg").count() >= 1
+    charts.first.hover()  # the toolbar shows: it saves a PNG, it offers no upload to Plotly Cloud
+    page.locator(".modebar").first.wait_for()
+    assert page.locator('.modebar-btn[data-title^="Download plot"]').count() >= 1
+    assert page.locator('.modebar-btn[data-title*="Cloud"], .modebar-btn[data-title*="Share"]').count() == 0
     assert page.locator("img").count() >= 12 and page.get_by_text("Ground truth").first.is_visible()
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 10_000
