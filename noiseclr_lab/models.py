@@ -58,10 +58,35 @@ def list_model_sources() -> list[str]:
     return _SOURCES.names()
 
 
+def check_device(name: str) -> str:
+    """``name`` when this machine has that torch device (cpu, cuda, cuda:N, mps), else ValueError saying why."""
+    try:
+        d = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {name!r}: this machine has no CUDA GPU (use cpu)")
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"device {name!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"device {name!r}: MPS is not available here (use cpu)")
+    elif d.type != "cpu":
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+    return name
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the best available: cuda > mps > cpu."""
-    if device is not None:
-        return torch.device(device)
+    """``device`` if given (checked: the machine must have it), else the best available: cuda > mps > cpu."""
+    if isinstance(device, torch.device):
+        return device
+    if device:
+        try:
+            return torch.device(check_device(device))
+        except ValueError as e:
+            raise NoiseCLRLabError(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

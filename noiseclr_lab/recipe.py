@@ -87,7 +87,16 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
-        return cls.from_dict(read_json(Path(path)), str(path))
+        """A recipe file; a relative bank or image path in it that is not found from here is read relative to the
+        recipe's folder (recipes written by hand, or by an older version that kept paths as typed)."""
+        recipe = cls.from_dict(read_json(Path(path)), str(path))
+        for name in ("bank", "image"):
+            value = getattr(recipe, name)
+            if value and not Path(value).is_absolute() and not Path(value).exists():
+                beside = Path(path).resolve().parent / value
+                if beside.exists():
+                    setattr(recipe, name, str(beside))
+        return recipe
 
 
 def file_sha256(path: str | os.PathLike) -> str:

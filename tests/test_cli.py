@@ -56,3 +56,66 @@ def test_every_subcommand_has_help():
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["evaluate-gt", "RUN", "--domain", "faces", "--noise-z", "nan"], "expected a finite number"),
+        (["evaluate-gt", "RUN", "--domain", "faces", "--scales=-6,nan"], "expected finite numbers"),
+        (["analyze", "RUN", "--scales=inf"], "expected finite numbers"),
+        (["analyze", "RUN", "--calibration-target", "0"], "expected a number > 0"),
+        (["edit", "--bank", "B", "--apply", "<d1>=1", "--seed", "99999999999999999999", "--out", "x.png"],
+         "expected a seed"),
+        (["edit", "--bank", "B", "--apply", "<d1>=1", "--device", "tpu", "--out", "x.png"], "unknown device 'tpu'"),
+        (["demo", "--seeds", "1"], "expected an integer >= 2"),
+        (["toy", "render", "--domain", "faces", "--seed", "-1", "--out", "x"], "expected a seed"),
+        (["dashboard", "--port", "99999"], "expected a port from 1 to 65535"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(argv, needle, capsys):
+    """Values the parser can judge (non-finite numbers, seeds numpy and torch reject, ports, devices, seed counts
+    the scoring refuses) fail at once, not after a sweep or a training run."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_files_and_paths_are_one_sentence(tmp_path, capsys):
+    """A folder where a file is wanted, our own bank given to the official importer, a bank with nan rows or
+    none, a non-empty render folder, a recipe with flags it would ignore, a name applied twice: exit 1, one line,
+    nothing written."""
+    from safetensors.torch import save_file
+
+    bank = DirectionBank(torch.randn(2, 64), ["<d1>", "<d2>"], base_model="toy:faces")
+    path = bank.save(tmp_path / "bank.safetensors")
+    (tmp_path / "taken.png").mkdir()
+    (tmp_path / "render").mkdir()
+    (tmp_path / "render" / "old.png").write_bytes(b"x")
+    nan = DirectionBank(torch.randn(2, 64), ["<d1>", "<d2>"]).save(tmp_path / "nan.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(nan), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors = {k: v.clone().fill_(float("nan")) for k, v in tensors.items()}
+    save_file(tensors, str(nan), metadata=meta)
+    recipe = tmp_path / "r.json"
+    recipe.write_text("{}")
+    cases = [
+        (["import-official", str(path), "--out", str(tmp_path / "again.safetensors")], "already"),
+        (["export-ti", str(path), "--out", str(path)], "cannot use"),
+        (["inspect", str(nan)], "must be finite"),
+        (["toy", "render", "--domain", "faces", "--n", "2", "--out", str(tmp_path / "render")], "not an empty folder"),
+        (["edit", "--recipe", str(recipe), "--steps", "3", "--out", str(tmp_path / "x.png")], "--steps would be ignored"),
+        (["edit", "--bank", str(path), "--apply", "<d1>=3", "--apply", "<d1>=-3", "--out", str(tmp_path / "x.png")],
+         "twice"),
+        (["edit", "--bank", str(path), "--apply", "<d1>=3", "--out", str(tmp_path / "x.txt")], "unknown image extension"),
+        (["edit", "--bank", str(path), "--apply", "<d1>=3", "--out", str(tmp_path / "taken.png")], "is a folder"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "again.safetensors").exists() and not (tmp_path / "x.png").exists()
+    assert sorted(p.name for p in (tmp_path / "render").iterdir()) == ["old.png"]

@@ -80,6 +80,21 @@ def test_resume_and_restart_guards(cfg, tmp_path):
         Trainer(cfg(steps=2))
     with pytest.raises(NoiseCLRLabError, match=r"differs from the run's in \['lr'\]"):
         Trainer(cfg(steps=4, lr=5e-3), resume=True)
+    with pytest.raises(NoiseCLRLabError, match="at step 2, past --steps 1"):  # would record steps=1 over step 2
+        Trainer(cfg(steps=1), resume=True)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("log_every", 0, "log_every must be positive"), ("warmup_steps", -5, "warmup_steps"),
+    ("weight_decay", -1.0, "weight_decay"), ("validation_seeds", 0, "validation_seeds"),
+    ("lr", float("inf"), "must be finite"), ("init_std", -0.1, "init_std"), ("validation_steps", 0, "validation_steps"),
+    ("device", "foo", "device must be"), ("seed", -1, "seed must be"), ("keep_checkpoints", 0, "keep_checkpoints"),
+])
+def test_bad_config_values_fail_before_training(field, value, needle):
+    """Each used to fail only mid-run (a ZeroDivisionError after step 1, AdamW's ValueError, an IndexError after
+    training, a device error at selection) or never."""
+    with pytest.raises(NoiseCLRLabError, match=needle):
+        TrainConfig(**{field: value})
 
 
 def test_resume_after_the_workspace_moved(cfg, tmp_path):

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`noiseclr-lab inspect BANK | head`): stop quietly
         sys.stdout = None
         return 141
+    except OSError as e:  # a path that cannot be read or written (a file where a folder is needed, no space ...)
+        where = f" {e.filename}" if e.filename else ""
+        print(f"noiseclr-lab: error: cannot use{where}: {e.strerror or e}.", file=sys.stderr)
+        return 1
 
 
 __all__ = ["build_parser", "main"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from noiseclr_lab.cli.args import port
 from noiseclr_lab.errors import NoiseCLRLabError
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "streamlit_app.py"  # in a source checkout
@@ -28,6 +29,12 @@ def cmd_dashboard(args) -> int:
                                "noiseclr_lab from a clone.")
     if not args.workspace.is_dir():
         raise NoiseCLRLabError(f"The workspace {args.workspace} is not a folder (make a run first: noiseclr-lab demo).")
+    import socket
+
+    try:  # an address this machine can bind (streamlit would fail with a traceback)
+        socket.getaddrinfo(args.address, args.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise NoiseCLRLabError(f"--address {args.address!r} is not an address or host name this machine knows.") from None
     if args.address not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.address}: anyone who can reach it can read and label this workspace",
               file=sys.stderr)
@@ -42,7 +49,7 @@ def cmd_dashboard(args) -> int:
 def add_parsers(sub) -> None:
     s = sub.add_parser("dashboard", help="browse, label and compose directions in the Streamlit dashboard")
     s.add_argument("--workspace", type=Path, default=Path("runs"), help="folder of runs the app reads and writes in")
-    s.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    s.add_argument("--port", type=port, default=8501, help="port (default 8501)")
     s.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--headless", action="store_true", help="do not open a browser")
     s.set_defaults(func=cmd_dashboard)

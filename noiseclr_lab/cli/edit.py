@@ -7,13 +7,32 @@ from pathlib import Path
 from noiseclr_lab.cli.args import (
     add_device,
     add_guidance_rescale,
+    finite_float,
     float_list,
     name_value,
     name_window,
     nonnegative_int,
     positive_int,
+    seed,
 )
 from noiseclr_lab.errors import NoiseCLRLabError
+
+# what a --recipe replay takes from the recipe: any of these given beside it would be silently ignored
+RECIPE_HOLDS = {"model": "toy:faces", "bank": None, "apply": None, "window": None, "official_window": None,
+                "calibrated": False, "edit_start": 0, "image": None, "inversion": "ddim", "prompt": None,
+                "negative_prompt": None, "steps": 50, "guidance": 7.5, "guidance_rescale": 0.0, "seed": 0,
+                "grid": False, "scales": [-6.0, -3.0, 0.0, 3.0, 6.0], "save_recipe": None}
+
+
+def _check_outputs(args) -> None:
+    """Fail on an output that cannot be written before any work (a wrong extension, a folder in the way)."""
+    from PIL import Image
+
+    if Image.registered_extensions().get(args.out.suffix.lower()) is None:
+        raise NoiseCLRLabError(f"--out {args.out}: unknown image extension {args.out.suffix!r} (use .png, .jpg, .webp).")
+    for path in (args.out, args.save_recipe):
+        if path is not None and path.is_dir():
+            raise NoiseCLRLabError(f"{path} is a folder; give a file name.")
 
 
 def cmd_edit(args) -> int:
@@ -21,10 +40,12 @@ def cmd_edit(args) -> int:
     from noiseclr_lab.recipe import Recipe, file_sha256
     from noiseclr_lab.workflows import apply_recipe
 
+    _check_outputs(args)
     if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
-        if (args.grid or args.apply or args.window or args.official_window or args.bank is not None or args.image is not None or args.calibrated
-                or args.negative_prompt is not None or args.save_recipe is not None or args.guidance_rescale):
-            raise NoiseCLRLabError("--recipe holds the whole edit; give only --out (and --device / --dtype) with it.")
+        given = [f"--{k.replace('_', '-')}" for k, default in RECIPE_HOLDS.items() if getattr(args, k) != default]
+        if given:
+            raise NoiseCLRLabError(f"--recipe holds the whole edit, so {', '.join(given)} would be ignored; give only "
+                                   "--out (and --device / --dtype) with it.")
         recipe = Recipe.load(args.recipe)
     else:
         if args.bank is None:
@@ -35,22 +56,26 @@ def cmd_edit(args) -> int:
             if args.save_recipe is not None:
                 raise NoiseCLRLabError("--save-recipe records a single edit, not a --grid.")
             return _grid(args)
-        edits = dict(args.apply or [])
+        edits = _edits(args)
         if not edits:
             raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
         from noiseclr_lab.directions import DirectionBank
+        from noiseclr_lab.workflows import default_prompt
+
+        bank = DirectionBank.load(args.bank)
 
         windows = dict(args.window or [])
         for name, (start, end) in args.official_window or []:
             if name in windows:
                 raise NoiseCLRLabError(f"{name!r} has both a --window and an --official-window; give one.")
             windows[name] = official_window(start, end)
-        recipe = Recipe(model=args.model, bank=str(args.bank), edits=edits, windows=windows,
-                        calibrated=args.calibrated, edit_start=args.edit_start, prompt=args.prompt,
+        prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
+        recipe = Recipe(model=args.model, bank=str(args.bank.resolve()), edits=edits, windows=windows,  # absolute:
+                        calibrated=args.calibrated, edit_start=args.edit_start, prompt=prompt,  # replays from anywhere
                         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, seed=args.seed,
-                        image=str(args.image) if args.image is not None else None, inversion=args.inversion,
-                        bank_hash=DirectionBank.load(args.bank).content_hash(),
+                        image=str(args.image.resolve()) if args.image is not None else None, inversion=args.inversion,
+                        bank_hash=bank.content_hash(),
                         image_sha256=file_sha256(args.image) if args.image is not None and args.image.is_file() else None)
     res = apply_recipe(recipe, device=args.device, dtype=args.dtype)
     for note in res.notes:
@@ -60,10 +85,21 @@ def cmd_edit(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image_atomic(res.image, args.out)
     if args.save_recipe is not None:
+        args.save_recipe.parent.mkdir(parents=True, exist_ok=True)
         recipe.save(args.save_recipe)
     applied = ", ".join(f"{t}={v['scale']:+g}" for t, v in res.edits.items())
     print(f"wrote {args.out} ({applied})" + (f"; recipe {args.save_recipe}" if args.save_recipe else ""))
     return 0
+
+
+def _edits(args) -> dict[str, float]:
+    """{name: scale} of the --apply flags; a name given twice is an error (which would win?)."""
+    edits: dict[str, float] = {}
+    for name, scale in args.apply or []:
+        if name in edits:
+            raise NoiseCLRLabError(f"--apply names {name!r} twice; give each direction once.")
+        edits[name] = scale
+    return edits
 
 
 def _grid(args) -> int:
@@ -72,9 +108,11 @@ def _grid(args) -> int:
     from noiseclr_lab.editing.inversion import p2p_args
     from noiseclr_lab.fileio import save_image_atomic
     from noiseclr_lab.models import load_pipeline
+    from noiseclr_lab.workflows import default_prompt
 
     bank = DirectionBank.load(args.bank)
-    edits = dict(args.apply or [])
+    edits = _edits(args)
+    prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
     for name in edits:
         bank.index(name)  # unknown names fail before any work
     if args.window or args.official_window:
@@ -85,12 +123,12 @@ def _grid(args) -> int:
     inversion = None
     if args.image is not None:
         inversion = invert(pipe, args.image, num_inference_steps=args.steps, method=args.inversion,
-                           **p2p_args(args.inversion, args.prompt, args.guidance))
+                           **p2p_args(args.inversion, prompt, args.guidance))
         for note in inversion.notes:
             print(f"image: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     names = list(edits) or bank.tokens
-    grid = edit_grid(EditPipeline(pipe, bank), names, args.scales, prompt=args.prompt, seeds=[args.seed],
+    grid = edit_grid(EditPipeline(pipe, bank), names, args.scales, prompt=prompt, seeds=[args.seed],
                      inversion=inversion, edit_start=args.edit_start, num_inference_steps=args.steps,
                      guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                      guidance_rescale=args.guidance_rescale)
@@ -123,14 +161,16 @@ def add_parsers(sub) -> None:
     s.add_argument("--inversion", choices=("ddim", "null-text", "null-text-p2p"), default="ddim",
                    help="inversion method for --image: DDIM, our null-text (w = 1), or Prompt-to-Prompt's null-text "
                         "under CFG 7.5 with --prompt (as the released NoiseCLR code)")
-    s.add_argument("--prompt", default="", help="prompt for generation (ignored with --image)")
+    s.add_argument("--prompt", default=None,
+                   help="prompt for generation (default: the bank's toy domain's head, such as 'a cartoon face', else "
+                        "empty); with --image only null-text-p2p uses it (and needs it)")
     s.add_argument("--negative-prompt", default=None, help="negative prompt (generation with CFG)")
     s.add_argument("--steps", type=positive_int, default=50, help="denoising steps (num_inference_steps)")
-    s.add_argument("--guidance", type=float, default=7.5,
+    s.add_argument("--guidance", type=finite_float, default=7.5,
                    help="classifier-free guidance scale (generation, and null-text-p2p inversion; other inversions edit "
                         "without CFG)")
     add_guidance_rescale(s)
-    s.add_argument("--seed", type=int, default=0, help="noise seed")
+    s.add_argument("--seed", type=seed, default=0, help="noise seed")
     s.add_argument("--out", type=Path, required=True, help="output PNG")
     s.add_argument("--grid", action="store_true", help="write a directions x scales grid instead of one image")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 0.0, 3.0, 6.0], help="grid scales, e.g. --scales=-4,0,4")

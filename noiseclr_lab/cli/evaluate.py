@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noiseclr_lab.cli.args import add_device, add_guidance_rescale, field_value, float_list, int_at_least, positive_int
+from noiseclr_lab.cli.args import (
+    add_device,
+    add_guidance_rescale,
+    field_value,
+    finite_float,
+    float_list,
+    int_at_least,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 
 at_least_two = int_at_least(2, "an integer >= 2")
 
@@ -62,16 +72,18 @@ def add_parsers(sub) -> None:
     s.add_argument("run", type=Path, help="run folder (holds directions.safetensors)")
     s.add_argument("--domain", required=True, help="toy domain whose probe reads the factors (faces, shapes, scenes)")
     s.add_argument("--seeds", type=at_least_two, default=12, help="seeds per direction and scale (at least 2)")
-    s.add_argument("--noise-z", type=float, default=1.0,
+    s.add_argument("--noise-z", type=nonnegative_float, default=1.0,
                    help="standard errors subtracted from every mean probe change (0: raw means)")
     s.add_argument("--edit-start", type=int, default=None,
                    help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, -1.5, 1.5, 3.0, 6.0],
                    help="scale sweep, e.g. --scales=-6,-3,3,6 (each direction is scored at its gentlest visible scale)")
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
-    s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
+    s.add_argument("--guidance", type=finite_float, default=3.0, help="CFG scale of the evaluated images (guidance_scale)")
     add_guidance_rescale(s)
-    s.add_argument("--baselines", default="random,init,supervised", help="comma-separated baselines to score too")
+    s.add_argument("--baselines", default="random,init,supervised",
+                   help="comma-separated baselines to score too, of random, init, supervised (default: all three; "
+                        "\"\" for none)")
     s.add_argument("--cache-sweeps", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the sweep images (8-bit) in RUN/analysis/sweeps/ so a rerun or `analyze` reuses them "
                         "(default; --no-cache-sweeps keeps float images in memory only)")
@@ -88,22 +100,23 @@ def add_parsers(sub) -> None:
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="scale sweep, e.g. --scales=-6,-3,3,6")
     s.add_argument("--seeds", type=at_least_two, default=12, help="seeds per direction and scale (at least 2)")
     s.add_argument("--steps", type=positive_int, default=15, help="denoising steps (num_inference_steps)")
-    s.add_argument("--guidance", type=float, default=3.0, help="CFG scale of the images (guidance_scale)")
+    s.add_argument("--guidance", type=finite_float, default=3.0, help="CFG scale of the images (guidance_scale)")
     add_guidance_rescale(s)
     s.add_argument("--edit-start", type=int, default=None,
                    help="denoising step from which edits are applied (default: after the first 20%% of --steps)")
     s.add_argument("--no-suggestions", action="store_true",
                    help="do not store the auto-labels and calibrated scales in the bank")
-    s.add_argument("--calibration-target", type=float, default=0.25,
+    s.add_argument("--calibration-target", type=positive_float, default=0.25,
                    help="attribute-probability change a calibrated scale reaches (default 0.25)")
     s.add_argument("--no-composition", action="store_true", help="skip interference, additivity and locality")
     add_device(s)
     s.set_defaults(func=cmd_analyze)
 
-    s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, write grids (~10 min CPU)")
+    s = sub.add_parser("demo", help="the whole loop on the toy faces model: train, evaluate, analyse, report "
+                                    "(8-16 min on 2 CPU cores, ~1 min on a GPU)")
     s.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
     s.add_argument("--steps", type=positive_int, default=None, help="override the preset's training steps")
-    s.add_argument("--seeds", type=positive_int, default=12, help="evaluation seeds per direction and scale")
+    s.add_argument("--seeds", type=at_least_two, default=12, help="evaluation seeds per direction and scale (at least 2)")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 3.0, 6.0], help="evaluation scale sweep")
     s.add_argument("--eval-steps", type=positive_int, default=15, help="denoising steps of evaluation images")
     s.add_argument("--set", type=field_value, action="append", default=[], metavar="FIELD=VALUE",

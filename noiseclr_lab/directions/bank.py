@@ -68,7 +68,14 @@ class DirectionBank:
         if emb.ndim != 2:
             raise NoiseCLRLabError(f"Direction embeddings must be a (K, D) matrix, got shape {tuple(emb.shape)}.")
         self.embeddings = emb.detach().to(torch.float32).cpu()
+        if emb.shape[0] == 0:
+            raise NoiseCLRLabError("A direction bank holds at least one direction, this one none.")
+        if not torch.isfinite(self.embeddings).all():
+            bad = sorted({int(i) for i in (~torch.isfinite(self.embeddings)).nonzero()[:, 0]})
+            raise NoiseCLRLabError(f"Direction embeddings must be finite; rows {bad[:10]} hold nan or inf.")
         self.tokens = list(self.tokens)
+        if not all(isinstance(t, str) for t in self.tokens):
+            raise NoiseCLRLabError(f"Direction tokens must be strings, got {self.tokens[:5]}.")
         if len(self.tokens) != emb.shape[0]:
             raise NoiseCLRLabError(f"{len(self.tokens)} tokens for {emb.shape[0]} embeddings; they must match.")
         if len(set(self.tokens)) != len(self.tokens):
@@ -187,6 +194,8 @@ class DirectionBank:
             meta = json.loads(meta_raw)
         except json.JSONDecodeError as e:
             raise NoiseCLRLabError(f"{path} has damaged bank metadata: {e}") from e
+        if not isinstance(meta, dict) or not isinstance(meta.get("tokens"), list):
+            raise NoiseCLRLabError(f"{path} has damaged bank metadata: no list of tokens.")
         version = meta.get("format_version")
         if version not in READABLE_VERSIONS:
             raise NoiseCLRLabError(

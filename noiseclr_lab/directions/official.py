@@ -32,9 +32,9 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise NoiseCLRLabError(
-            f"{path} holds objects other than tensors, which are not loaded for safety (weights_only=True): "
-            f"{str(e).splitlines()[0]}"
+        raise NoiseCLRLabError(  # torch's own message advises weights_only=False: not repeated here
+            f"{path} is not a PyTorch file of tensors (not one at all, or one holding other Python objects, which "
+            "are never unpickled here for safety)."
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise NoiseCLRLabError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {str(e).splitlines()[0]}") from e
@@ -50,6 +50,24 @@ def _read_state_dict(path: Path) -> dict:
         except (SafetensorError, OSError) as e:
             raise NoiseCLRLabError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     return _torch_load(path)
+
+
+def _refuse_our_bank(path: Path) -> None:
+    """A noiseclr_lab bank given to the importer would be read as one long {name: tensor} token: refuse it."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    from noiseclr_lab.directions.bank import METADATA_KEY
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            ours = METADATA_KEY in (fh.metadata() or {})
+    except (SafetensorError, OSError):
+        return  # _read_state_dict says what is wrong with it
+    if ours:
+        raise NoiseCLRLabError(f"{path} is a noiseclr_lab direction bank already, not an official NoiseCLR output; "
+                               "use it as it is (e.g. --bank).")
 
 
 def _sorted_tokens(tokens: list[str]) -> list[str]:
@@ -72,6 +90,8 @@ def _from_embeds_dict(obj, path: Path) -> tuple[torch.Tensor, list[str]]:
         raise NoiseCLRLabError(f"{path} does not hold a {{token: embedding}} dict.")
     if set(obj) == {"weights"} and torch.is_tensor(obj["weights"]):  # official save_weights()
         w = obj["weights"]
+        if w.ndim == 0 or w.numel() == 0:
+            raise NoiseCLRLabError(f"{path} holds an empty 'weights' tensor (shape {tuple(w.shape)}).")
         return w.reshape(w.shape[0], -1), [f"<t{i + 1}>" for i in range(w.shape[0])]
     tokens = _sorted_tokens([t for t in obj if isinstance(t, str)])
     if len(tokens) != len(obj) or not all(torch.is_tensor(obj[t]) for t in tokens):
@@ -87,7 +107,9 @@ def _from_text_encoder_state(state: dict, path: Path, num_tokens: int | None, ba
         raise NoiseCLRLabError(f"{path} does not hold a state dict.")
     w = _embedding_matrix(state, path)
     n = num_tokens if num_tokens is not None else w.shape[0] - base_vocab
-    if n <= 0 or n > w.shape[0]:
+    if num_tokens is not None and not 0 < n <= w.shape[0]:
+        raise NoiseCLRLabError(f"{path}: --num-tokens {n} is not between 1 and the embedding's {w.shape[0]} rows.")
+    if n <= 0:
         raise NoiseCLRLabError(
             f"{path}: the token embedding has {w.shape[0]} rows, no added tokens beyond the base vocabulary of "
             f"{base_vocab}; pass num_tokens (CLI --num-tokens) if the base vocabulary differs."
@@ -98,11 +120,21 @@ def _from_text_encoder_state(state: dict, path: Path, num_tokens: int | None, ba
 def _from_pipeline_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
     added_path = folder / "tokenizer" / "added_tokens.json"
     if added_path.is_file():
-        added = json.loads(added_path.read_text())
+        try:
+            added = json.loads(added_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise NoiseCLRLabError(f"{added_path} is damaged: {e}") from e
+        if not isinstance(added, dict) or not all(isinstance(i, int) for i in added.values()):
+            raise NoiseCLRLabError(f"{added_path} does not map tokens to ids.")
+    elif not (folder / "tokenizer").is_dir():
+        raise NoiseCLRLabError(f"The pipeline in {folder} has no tokenizer folder, so its direction tokens are unknown.")
     else:  # newer transformers keep added tokens in tokenizer.json / tokenizer_config.json only
         from transformers import AutoTokenizer
 
-        added = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True).get_added_vocab()
+        try:
+            added = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True).get_added_vocab()
+        except (OSError, ValueError) as e:
+            raise NoiseCLRLabError(f"The tokenizer in {folder / 'tokenizer'} cannot be read: {str(e).splitlines()[0]}") from e
     added = {t: i for t, i in added.items() if t not in ("<|startoftext|>", "<|endoftext|>")}
     if not added:
         raise NoiseCLRLabError(f"The pipeline in {folder} has no added tokens, so it holds no directions.")
@@ -143,6 +175,7 @@ def import_official(path, *, num_tokens: int | None = None, base_vocab: int = CL
                 f"{' or '.join(CHECKPOINT_FILES)})."
             )
     else:
+        _refuse_our_bank(path)
         obj = _read_state_dict(path)
         if isinstance(obj, dict) and any(isinstance(k, str) and k.endswith(EMBED_KEY_SUFFIX) for k in obj):
             emb, tokens = _from_text_encoder_state(obj, path, num_tokens, base_vocab)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,6 +13,7 @@ from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.perf import COMPILE_MODES
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+_DEVICE = re.compile(r"|cpu|cuda(:\d+)?|mps")  # what TrainConfig.device may say (availability: at run time)
 
 
 @dataclass
@@ -122,6 +125,20 @@ class TrainConfig:
             (self.select_seeds >= 2, "select_seeds must be at least 2"),
             (self.select_steps >= 2, "select_steps must be at least 2"),
             (0 < self.select_max_similarity <= 1, "select_max_similarity must be in (0, 1]"),
+            (math.isfinite(self.lr) and math.isfinite(self.temperature) and math.isfinite(self.strength_weight)
+             and math.isfinite(self.init_std), "lr, temperature, strength_weight and init_std must be finite"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.init_std >= 0, "init_std must be >= 0"),
+            (self.log_every >= 1, "log_every must be positive"),
+            (self.checkpoint_every >= 0 and self.validate_every >= 0,
+             "checkpoint_every and validate_every must be >= 0 (0: only at the end)"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be positive"),
+            (self.validation_seeds >= 1, "validation_seeds must be positive"),
+            (self.validation_steps >= 2, "validation_steps must be at least 2"),
+            (0 <= self.seed < 2**63, "seed must be in [0, 2**63)"),
+            (_DEVICE.fullmatch(self.device) is not None,
+             f"device must be '', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -152,6 +169,6 @@ def load_preset(name_or_path: str) -> dict:
     if not path.is_file():
         raise NoiseCLRLabError(f"Unknown preset {name_or_path!r}: not a file and not one of {', '.join(list_presets())}.")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise NoiseCLRLabError(f"Preset {path} is not valid TOML: {e}") from e

@@ -230,8 +230,15 @@ class Trainer:
             raise NoiseCLRLabError(f"Checkpoint {ck} holds tokens {bank.tokens[:3]}..., not this run's.")
         with torch.no_grad():
             self.encoder.directions.copy_(bank.embeddings)
-        self.opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.start_step = json.loads((ck / "state.json").read_text())["step"]
+        try:
+            self.opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True))
+            self.start_step = int(json.loads((ck / "state.json").read_text())["step"])
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:  # truncated, damaged or foreign files
+            raise NoiseCLRLabError(f"Checkpoint {ck} is damaged ({type(e).__name__}: {str(e)[:120]}); delete that "
+                                   "folder to resume from the one before it.") from e
+        if self.start_step > self.cfg.steps:
+            raise NoiseCLRLabError(f"--resume: the run is at step {self.start_step}, past --steps {self.cfg.steps}; give "
+                                   f"--steps {self.start_step} or more (its checkpoints stay as they are).")
 
     # ------------------------------------------------------------------ artefacts
 
