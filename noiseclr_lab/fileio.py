@@ -13,14 +13,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask cannot be read without setting it (not thread-safe)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; safetensors writes 0600, mkdtemp makes 0700
+DIR_MODE = 0o777 & ~_UMASK
+
+
 @contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; write it inside the block. On success it replaces ``path``,
-    on an error the temporary file is removed and ``path`` is left as it was."""
+    """Yield a temporary path beside ``path``; write it inside the block. On success it replaces ``path`` with
+    the permissions any new file gets here (``FILE_MODE``), on an error the temporary file is removed and
+    ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -102,6 +102,15 @@ def test_bad_files_and_paths_are_one_sentence(tmp_path, capsys):
     save_file(tensors, str(nan), metadata=meta)
     recipe = tmp_path / "r.json"
     recipe.write_text("{}")
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"  # a header that claims 20000 x 20000 pixels (PIL's decompression-bomb guard)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
     cases = [
         (["import-official", str(path), "--out", str(tmp_path / "again.safetensors")], "already"),
         (["export-ti", str(path), "--out", str(path)], "cannot use"),
@@ -112,6 +121,8 @@ def test_bad_files_and_paths_are_one_sentence(tmp_path, capsys):
          "twice"),
         (["edit", "--bank", str(path), "--apply", "<d1>=3", "--out", str(tmp_path / "x.txt")], "unknown image extension"),
         (["edit", "--bank", str(path), "--apply", "<d1>=3", "--out", str(tmp_path / "taken.png")], "is a folder"),
+        (["edit", "--bank", str(path), "--apply", "<d1>=3", "--image", str(bomb), "--steps", "2", "--device", "cpu",
+          "--out", str(tmp_path / "x.png")], "decompression bomb"),
     ]
     for argv, needle in cases:
         assert main(argv) == 1, argv

@@ -120,6 +120,18 @@ def test_resume_after_the_workspace_moved(cfg, tmp_path):
         Trainer(cfg(out=str(tmp_path / "again" / "run"), steps=6), resume=True)
 
 
+def test_a_damaged_latent_cache_is_encoded_again(cfg, tmp_path):
+    first = Trainer(cfg(out=str(tmp_path / "a")))
+    cached = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached) == 1
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # truncated (a full disk, a killed copy)
+    second = Trainer(cfg(out=str(tmp_path / "b")))
+    assert torch.equal(first.latents, second.latents)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(cached[0]))["latents"], first.latents)  # and the cache file is whole again
+
+
 def test_batched_single_anchor_computes_the_official_loss(cfg, tmp_path):
     """anchors_per_step=1: the official loss (one anchor, the rest negatives) in one UNet call per step."""
     off = Trainer(cfg(schedule="official", tokens_per_iter=3, out=str(tmp_path / "off")))

@@ -69,6 +69,10 @@ def cmd_edit(args) -> int:
             if name in windows:
                 raise NoiseCLRLabError(f"{name!r} has both a --window and an --official-window; give one.")
             windows[name] = official_window(start, end)
+        if args.image is not None:  # a missing, damaged or oversized image fails before any model loads
+            from noiseclr_lab.editing.images import prepare_image
+
+            prepare_image(args.image, 8)
         prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
         recipe = Recipe(model=args.model, bank=str(args.bank.resolve()), edits=edits, windows=windows,  # absolute:
                         calibrated=args.calibrated, edit_start=args.edit_start, prompt=prompt,  # replays from anywhere

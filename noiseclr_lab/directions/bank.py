@@ -174,6 +174,10 @@ class DirectionBank:
     def load(cls, path: str | os.PathLike) -> DirectionBank:
         """Read a bank written by :meth:`save`; a missing, foreign or damaged file is a one-line error."""
         path = Path(path)
+        if path.is_dir():
+            inside = path / "directions.safetensors"
+            raise NoiseCLRLabError(f"Direction bank {path} is a folder; " + (
+                f"give the bank file in it, {inside}." if inside.is_file() else "give a .safetensors bank file."))
         if not path.is_file():
             raise NoiseCLRLabError(f"Direction bank {path} does not exist.")
         try:

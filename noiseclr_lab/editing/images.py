@@ -57,10 +57,12 @@ def prepare_image(image, size: int) -> tuple[Image.Image, list[str]]:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise NoiseCLRLabError(f"Image {path} does not exist.")
+            raise NoiseCLRLabError(f"Image {path} " + ("is a folder, not an image file." if path.is_dir() else "does not exist."))
         try:
             img = Image.open(path)
             img.load()
+        except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL's safety limit
+            raise NoiseCLRLabError(f"Cannot read image {path}: {e}") from e
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise NoiseCLRLabError(f"Cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from e
     elif isinstance(image, np.ndarray):

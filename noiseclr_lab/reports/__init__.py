@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from noiseclr_lab.errors import NoiseCLRLabError
-from noiseclr_lab.fileio import read_json
+from noiseclr_lab.fileio import DIR_MODE, read_json
 from noiseclr_lab.reports.collect import REPORT_SCHEMA, collect, comparison, fmt
 from noiseclr_lab.store import RunDir
 
@@ -99,6 +99,7 @@ def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 would hide the report from a web server or a colleague
     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
     moved = False
     try:

@@ -80,7 +80,14 @@ def encode_dataset(pipe, images, fingerprint: str, model_spec: str, cache_dir: s
                                      float(vae.config.scaling_factor)]).encode()).hexdigest()[:20]
     path = _cache_root(cache_dir) / f"{key}.safetensors"
     if path.is_file():
-        return load_file(str(path))["latents"]
+        from safetensors import SafetensorError
+
+        try:
+            cached = load_file(str(path))["latents"]
+            if len(cached) == len(images):
+                return cached
+        except (SafetensorError, OSError, KeyError):
+            pass  # a damaged cache file (e.g. a full disk when it was written): encode again, and replace it
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="encoding latents", leave=False):
         x = pipe.image_processor.preprocess(images[i : i + batch_size])
