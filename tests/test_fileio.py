@@ -46,3 +46,22 @@ def test_save_image_atomic_keeps_the_old_file_when_a_save_fails(tmp_path):
     with pytest.raises(NoiseCLRLabError, match="unknown image extension"):
         save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / "grid.xyz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """safetensors creates its files 0600 and mkdtemp its folders 0700: others on the machine (a colleague, a web
+    server serving reports) could not read banks or reports. Written files get what open() would give."""
+    import os
+    import stat
+
+    import torch
+
+    from noiseclr_lab.fileio import DIR_MODE, FILE_MODE, save_safetensors_atomic, write_text_atomic
+
+    save_safetensors_atomic({"x": torch.zeros(2)}, tmp_path / "a.safetensors")
+    write_text_atomic(tmp_path / "b.txt", "b")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask and DIR_MODE == 0o777 & ~mask
+    for name in ("a.safetensors", "b.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == FILE_MODE, name
