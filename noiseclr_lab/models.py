@@ -146,8 +146,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
         if "config" in msg.lower() or "connect" in msg.lower() or "offline" in msg.lower() or "cache" in msg.lower():
             raise NoiseCLRLabError(
                 f"Could not load {path}: a single-file checkpoint needs its base model's diffusers config, which is "
-                "not in the local cache; pass config=<a local diffusers folder of the same architecture> "
-                "(CLI: --config DIR) or run once with network access."
+                "not in the local cache; in Python pass load_pipeline(..., config=<a local diffusers folder of the "
+                "same architecture>), on the command line give a diffusers folder of the model instead (e.g. saved "
+                "once with save_pretrained), or run once with network access."
             ) from e
         raise NoiseCLRLabError(f"Could not load the checkpoint file {path}: {msg}") from e
 

@@ -130,3 +130,18 @@ def test_bad_files_and_paths_are_one_sentence(tmp_path, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "again.safetensors").exists() and not (tmp_path / "x.png").exists()
     assert sorted(p.name for p in (tmp_path / "render").iterdir()) == ["old.png"]
+
+
+def test_train_help_describes_every_flag(capsys):
+    """Each TrainConfig field's flag carries the field's comment (field_docs) and, for the few-valued ones, choices."""
+    import dataclasses
+
+    from noiseclr_lab.training.config import TrainConfig, field_docs
+
+    docs = field_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)} and all(len(d) > 10 for d in docs.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--schedule {batched,official}" in out and "--mixed-precision {no,fp16,bf16}" in out
+    assert "the official code uses the whole range" in out  # a continued comment (t_max's)

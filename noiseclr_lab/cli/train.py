@@ -37,19 +37,22 @@ def cmd_train(args) -> int:
 
 def add_config_flags(parser) -> None:
     """One flag per TrainConfig field (--num-directions ...), defaulting to 'not given'."""
-    from noiseclr_lab.training.config import TrainConfig
+    from noiseclr_lab.training.config import CHOICES, TrainConfig, field_docs
 
+    docs = field_docs()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + ALIASES.get(f.name, [])
         kind = type(f.default)
+        about = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(*names, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+                                default=argparse.SUPPRESS, help=f"{about} (default {f.default}; a --config preset may set it)")
         else:
             conv = positive_int if kind is int and f.name in POSITIVE_FIELDS else kind
-            parser.add_argument(*names, dest=f"cfg_{f.name}", type=conv, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=f"(default {f.default!r})")
+            choice = {"choices": CHOICES[f.name]} if f.name in CHOICES else {"metavar": f.name.upper()}
+            parser.add_argument(*names, dest=f"cfg_{f.name}", type=conv, default=argparse.SUPPRESS, **choice,
+                                help=f"{about} (default {f.default!r}; a --config preset may set it)")
 
 
 def add_parsers(sub) -> None:

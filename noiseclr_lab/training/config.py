@@ -156,6 +156,29 @@ class TrainConfig:
         return cls(**d)
 
 
+CHOICES = {"schedule": ("batched", "official"), "lr_schedule": ("constant", "cosine"),
+           "loss_scope": ("global", "per-process"), "init": ("random", "mean-word"),
+           "mixed_precision": ("no", "fp16", "bf16"), "compile": COMPILE_MODES}  # the str fields that are one of a few
+
+
+def field_docs() -> dict[str, str]:
+    """{field: its comment in TrainConfig's source} (what ``train --help`` says of each flag)."""
+    import inspect
+
+    docs: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"^    (\w+): [^=]+=.*?  # (.*)$", line)
+        if m:
+            last = m.group(1)
+            docs[last] = m.group(2).strip()
+        elif last and (c := re.match(r"^    # (.*)$", line)):
+            docs[last] += " " + c.group(1).strip()
+        elif not line.strip().startswith("#"):
+            last = None
+    return docs
+
+
 def list_presets() -> list[str]:
     """Names of the shipped presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
