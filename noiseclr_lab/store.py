@@ -147,11 +147,13 @@ class RunDir:
         if not self.metrics_path.is_file():
             return []
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line being written, or damage: skipped
                 continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                out.append(record)
         return out
 
     def truncate_metrics(self, step: int) -> None:

@@ -41,6 +41,9 @@ def test_metrics_records_survive_a_cut_line_and_truncate_on_resume(tmp_path):
     with open(run.metrics_path, "a") as fh:
         fh.write('{"step": 4, "lo')  # a crash in the middle of a write
     assert [r["step"] for r in run.read_metrics()] == [1, 2, 3]
+    with open(run.metrics_path, "ab") as fh:  # damage: JSON that is no record, bytes that are no text
+        fh.write(b'\n5\n["step"]\n{"loss": 1}\n\xff\xfe{\n')
+    assert [r["step"] for r in run.read_metrics()] == [1, 2, 3]
     run.truncate_metrics(2)
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
 
