@@ -107,6 +107,18 @@ def test_directions_page_generates_a_missing_strip(ws):
     assert {p: p.stat().st_mtime_ns for p in (ws / "toy" / "run" / "analysis").glob("preview-*.png")} == made
 
 
+def test_compose_names_directions_by_the_labels_saved_in_the_workspace(ws):
+    """A label saved on the Directions page (the label store) names the direction in Compose's picker before it
+    is exported into the bank file."""
+    bank = DirectionBank.load(ws / "toy" / "run" / "directions.safetensors")
+    with LabelStore(ws / "labels.sqlite") as store:
+        store.set(bank.content_hash(), bank.tokens[1], "label", "smile", "tester")
+    at = page("compose", ws, selected_run="toy/run")
+    assert not at.exception
+    options = at.multiselect(key="compose_dirs::toy/run").options
+    assert options[1] == f"{bank.tokens[1]} · smile" and options[0].startswith(bank.tokens[0])
+
+
 def test_compose_page_edits_and_its_recipe_replays_to_the_same_pixels(ws, tmp_path, monkeypatch):
     monkeypatch.setenv("NOISECLR_DEVICE", "cpu")
     at = page("compose", ws, selected_run="toy/run")
