@@ -52,7 +52,7 @@ class ClipModel:
     @property
     def logit_scale(self) -> float:
         """The model's learned softmax temperature (exp of its logit_scale), as its zero-shot classifier uses."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     def fingerprint(self) -> str:
         """A short id of what the features depend on (feature caches are keyed by it): the spec, the weights

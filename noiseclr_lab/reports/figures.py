@@ -11,7 +11,7 @@ DIVERGING = "RdBu_r"
 # plotly's toolbar everywhere (report and dashboard): no logo, and no "Share chart" button (plotly.js offers to
 # upload the chart's data to Plotly Cloud by default; a report of unpublished research stays on this machine)
 FEW_STEPS = 30  # loss curves with fewer logged steps get markers
-PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False}
+PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False}
 
 
 def _t(text) -> str:
