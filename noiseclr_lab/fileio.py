@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def _read_umask() -> int:
-    mask = os.umask(0o022)
+    """The process's umask: from /proc where there is one; else set (to the strictest mask, so that a file another
+    thread creates meanwhile is no more open than intended) and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
 
-_UMASK = _read_umask()  # read once, at import: os.umask cannot be read without setting it (not thread-safe)
+_UMASK = _read_umask()  # read once, at import
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; safetensors writes 0600, mkdtemp makes 0700
 DIR_MODE = 0o777 & ~_UMASK
 
@@ -30,10 +39,13 @@ def atomic_target(path: Path) -> Iterator[Path]:
     the permissions any new file gets here (``FILE_MODE``), on an error the temporary file is removed and
     ``path`` is left as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # threads: the dashboard's sessions
     try:
         yield tmp
-        os.chmod(tmp, FILE_MODE)
+        try:
+            os.chmod(tmp, FILE_MODE)
+        except OSError:  # a file system that keeps its own modes (some network or FAT mounts)
+            pass
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

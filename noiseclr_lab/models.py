@@ -64,6 +64,7 @@ def check_device(name: str) -> str:
         d = torch.device(name)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    name = str(d)
     if d.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
@@ -80,11 +81,9 @@ def check_device(name: str) -> str:
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given (checked: the machine must have it), else the best available: cuda > mps > cpu."""
-    if isinstance(device, torch.device):
-        return device
-    if device:
+    if device is not None and device != "":
         try:
-            return torch.device(check_device(device))
+            return torch.device(check_device(str(device) if isinstance(device, torch.device) else device))
         except ValueError as e:
             raise NoiseCLRLabError(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
     if torch.cuda.is_available():

@@ -87,10 +87,10 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
-        """A recipe file; a relative bank or image path in it that is not found from here is read relative to the
-        recipe's folder (recipes written by hand, or by an older version that kept paths as typed)."""
+        """A recipe file; a relative model, bank or image path in it that is not found from here is read relative
+        to the recipe's folder (recipes written by hand, or by an older version that kept paths as typed)."""
         recipe = cls.from_dict(read_json(Path(path)), str(path))
-        for name in ("bank", "image"):
+        for name in ("model", "bank", "image"):  # a model spec that is no path (toy:faces, a hub id) stays as it is
             value = getattr(recipe, name)
             if value and not Path(value).is_absolute() and not Path(value).exists():
                 beside = Path(path).resolve().parent / value

@@ -344,5 +344,9 @@ def test_dashboard_in_a_real_browser(live_dashboard, ws, page, tmp_path):
     page.mouse.click(area["x"] + area["width"] * 0.5 / n, area["y"] + area["height"] * 1.5 / n)
     expect(page.get_by_role("combobox", name="i (row)")).to_have_value(tokens[1])
     assert picked() == [tokens[1], tokens[0]]
+    page.get_by_role("combobox", name="i (row)").click()  # the selectors still work after a click (the chart
+    page.get_by_role("option", name=tokens[0], exact=True).click()  # keeps its selection across reruns)
+    page.wait_for_timeout(2000)  # the rerun that would copy the clicked cell back
+    expect(page.get_by_role("combobox", name="i (row)")).to_have_value(tokens[0])
     assert (tmp_path / "compose.png").stat().st_size > 10_000
     assert sys.executable  # the server ran under this interpreter

@@ -50,18 +50,22 @@ def test_save_image_atomic_keeps_the_old_file_when_a_save_fails(tmp_path):
 
 def test_written_files_get_the_usual_permissions(tmp_path):
     """safetensors creates its files 0600 and mkdtemp its folders 0700: others on the machine (a colleague, a web
-    server serving reports) could not read banks or reports. Written files get what open() would give."""
-    import os
-    import stat
+    server serving reports) could not read banks or reports. Written files get what open() would give: checked
+    in a fresh process under umask 022, where the old code gave 0600."""
+    import subprocess
+    import sys
 
-    import torch
-
-    from noiseclr_lab.fileio import DIR_MODE, FILE_MODE, save_safetensors_atomic, write_text_atomic
-
-    save_safetensors_atomic({"x": torch.zeros(2)}, tmp_path / "a.safetensors")
-    write_text_atomic(tmp_path / "b.txt", "b")
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert FILE_MODE == 0o666 & ~mask and DIR_MODE == 0o777 & ~mask
-    for name in ("a.safetensors", "b.txt"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == FILE_MODE, name
+    script = """
+import os, stat, sys, torch
+os.umask(0o022)
+from noiseclr_lab.fileio import FILE_MODE, save_safetensors_atomic, write_text_atomic
+from noiseclr_lab.reports import _replace_folder
+from pathlib import Path
+d = Path(sys.argv[1])
+save_safetensors_atomic({"x": torch.zeros(2)}, d / "a.safetensors")
+write_text_atomic(d / "b.txt", "b")
+_replace_folder(d / "report", {"report.html": b"<html></html>"})
+print(oct(FILE_MODE), *(oct(stat.S_IMODE((d / n).stat().st_mode)) for n in ("a.safetensors", "b.txt", "report")))
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0o644", "0o644", "0o644", "0o755"], out.stdout + out.stderr

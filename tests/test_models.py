@@ -63,3 +63,32 @@ def test_single_file_that_is_not_sd_fails_cleanly(tmp_path):
     (tmp_path / "broken.ckpt").write_bytes(b"garbage")
     with pytest.raises(NoiseCLRLabError, match="broken.ckpt"):
         load_pipeline(str(tmp_path / "broken.ckpt"), device="cpu")
+
+
+def test_devices_are_checked_against_the_machine(monkeypatch):
+    """A device the machine lacks is one sentence before any model loads (it used to be torch's error, or, for
+    training, a silent CPU run that failed at selection); an index past the GPUs names the ones there are."""
+    import torch
+
+    from noiseclr_lab.errors import NoiseCLRLabError
+    from noiseclr_lab.models import check_device, pick_device
+    from noiseclr_lab.training import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        check_device("tpu")
+    assert pick_device(torch.device("cpu")) == torch.device("cpu") == pick_device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        check_device("cuda")
+    with pytest.raises(NoiseCLRLabError, match="no CUDA GPU"):
+        pick_device("cuda:1")
+    with pytest.raises(NoiseCLRLabError, match="no CUDA GPU"):
+        Trainer(TrainConfig(device="cuda"))
+    assert pick_device("") == pick_device(None) == torch.device("cpu") or torch.backends.mps.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1" and pick_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match="cuda:0 to cuda:1"):
+        check_device("cuda:2")
+    with pytest.raises(NoiseCLRLabError, match="CUDA_VISIBLE_DEVICES=1"):  # accelerate trains on its own device
+        Trainer(TrainConfig(device="cuda:1"))

@@ -112,8 +112,10 @@ def test_resume_after_the_workspace_moved(cfg, tmp_path):
     trainer.run()
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "moved" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    (tmp_path / "moved" / "data" / "00011.png").unlink()  # the data changed, then moved again
-    shutil.move(tmp_path / "moved", tmp_path / "again")
+    (tmp_path / "moved" / "data" / "00011.png").unlink()  # the data changed in place ...
+    with pytest.raises(NoiseCLRLabError, match="is not what the run was trained on"):
+        Trainer(cfg(data=str(tmp_path / "moved" / "data"), out=str(tmp_path / "moved" / "run"), steps=6), resume=True)
+    shutil.move(tmp_path / "moved", tmp_path / "again")  # ... and moved again
     with pytest.raises(NoiseCLRLabError, match="is not what the run was trained on"):
         Trainer(cfg(data=str(tmp_path / "again" / "data"), out=str(tmp_path / "again" / "run"), steps=6), resume=True)
     with pytest.raises(NoiseCLRLabError, match=r"differs from the run's in \['data'\]"):  # a toy source in its place

@@ -31,11 +31,20 @@ if not comp["available"]:
 tokens = comp["tokens"]
 fig = heatmap_figure(comp["interference"], tokens, tokens, "Interference: change of row i's own effect when column j "
                      "is added", "interference", hover="i=%{y}, j=%{x}: %{z:.3f}", clickable=True)
-event = chart(fig, on_select="rerun", selection_mode="points", key=f"heat@{info.name}")
-points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-    getattr(getattr(event, "selection", None), "points", []) or []
-if points:
-    st.session_state[f"pair_i@{info.name}"], st.session_state[f"pair_j@{info.name}"] = points[0]["y"], points[0]["x"]
+heat = f"heat@{info.name}"
+
+
+def picked() -> None:
+    """A click on a cell picks its pair. Run only when the selection changes (a callback): the chart keeps its
+    selection across reruns, so copying it on every rerun would undo any later change of the selectors."""
+    state = st.session_state.get(heat)
+    selection = state.get("selection", {}) if isinstance(state, dict) else getattr(state, "selection", None) or {}
+    points = selection.get("points", []) if isinstance(selection, dict) else getattr(selection, "points", []) or []
+    if points:
+        st.session_state[f"pair_i@{info.name}"], st.session_state[f"pair_j@{info.name}"] = points[0]["y"], points[0]["x"]
+
+
+chart(fig, on_select=picked, selection_mode="points", key=heat)
 c1, c2 = st.columns(2)
 i = c1.selectbox("i (row)", tokens, key=f"pair_i@{info.name}")
 j = c2.selectbox("j (column)", tokens, index=min(1, len(tokens) - 1), key=f"pair_j@{info.name}")

@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = None
         return 141
     except OSError as e:  # a path that cannot be read or written (a file where a folder is needed, no space ...)
-        where = f" {e.filename}" if e.filename else ""
-        print(f"noiseclr-lab: error: cannot use{where}: {e.strerror or e}.", file=sys.stderr)
+        if e.filename:
+            print(f"noiseclr-lab: error: cannot use {e.filename}: {e.strerror or e}.", file=sys.stderr)
+        else:  # e.g. a library's own OSError: its first line
+            print(f"noiseclr-lab: error: {(str(e) or type(e).__name__).splitlines()[0]}", file=sys.stderr)
         return 1
 
 

@@ -94,13 +94,24 @@ def nonnegative_float(text: str) -> float:
 
 
 def seed(text: str) -> int:
-    """A random seed: an integer in [0, 2**63) (what torch.Generator.manual_seed and numpy accept)."""
+    """A sampling seed for numpy and torch: an integer in [0, 2**32)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer from 0 to 2**63 - 1, got {text!r}")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer from 0 to 2**32 - 1, got {text!r}")
+    return value
+
+
+def torch_seed(text: str) -> int:
+    """A seed of ``torch.Generator.manual_seed``: an integer in [-2**63, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 2**64
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer from -2**63 to 2**64 - 1, got {text!r}")
     return value
 
 
@@ -116,13 +127,14 @@ def port(text: str) -> int:
 
 
 def device(text: str) -> str:
-    """A torch device this machine has: cpu, cuda, cuda:N or mps."""
-    from noiseclr_lab.models import check_device
+    """A torch device name: cpu, cuda, cuda:N or mps (whether this machine has it is checked when the command
+    runs, before any model loads: ``models.pick_device``; the parser imports no torch)."""
+    import re
 
-    try:
-        return check_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    name = text.strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps")
+    return name
 
 
 def int_at_least(low: int, what: str):

@@ -13,15 +13,14 @@ from noiseclr_lab.cli.args import (
     name_window,
     nonnegative_int,
     positive_int,
-    seed,
+    torch_seed,
 )
 from noiseclr_lab.errors import NoiseCLRLabError
 
 # what a --recipe replay takes from the recipe: any of these given beside it would be silently ignored
-RECIPE_HOLDS = {"model": "toy:faces", "bank": None, "apply": None, "window": None, "official_window": None,
-                "calibrated": False, "edit_start": 0, "image": None, "inversion": "ddim", "prompt": None,
-                "negative_prompt": None, "steps": 50, "guidance": 7.5, "guidance_rescale": 0.0, "seed": 0,
-                "grid": False, "scales": [-6.0, -3.0, 0.0, 3.0, 6.0], "save_recipe": None}
+RECIPE_HOLDS = ("model", "bank", "apply", "window", "official_window", "calibrated", "edit_start", "image", "inversion",
+                "prompt", "negative_prompt", "steps", "guidance", "guidance_rescale", "seed", "grid", "scales",
+                "save_recipe")
 
 
 def _check_outputs(args) -> None:
@@ -42,7 +41,7 @@ def cmd_edit(args) -> int:
 
     _check_outputs(args)
     if args.recipe is not None:  # replay a recipe (e.g. downloaded from the dashboard)
-        given = [f"--{k.replace('_', '-')}" for k, default in RECIPE_HOLDS.items() if getattr(args, k) != default]
+        given = [f"--{k.replace('_', '-')}" for k in RECIPE_HOLDS if getattr(args, k) != args.parser_defaults[k]]
         if given:
             raise NoiseCLRLabError(f"--recipe holds the whole edit, so {', '.join(given)} would be ignored; give only "
                                    "--out (and --device / --dtype) with it.")
@@ -74,7 +73,8 @@ def cmd_edit(args) -> int:
 
             prepare_image(args.image, 8)
         prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
-        recipe = Recipe(model=args.model, bank=str(args.bank.resolve()), edits=edits, windows=windows,  # absolute:
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # a local model too
+        recipe = Recipe(model=model, bank=str(args.bank.resolve()), edits=edits, windows=windows,  # absolute:
                         calibrated=args.calibrated, edit_start=args.edit_start, prompt=prompt,  # replays from anywhere
                         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, seed=args.seed,
@@ -174,10 +174,10 @@ def add_parsers(sub) -> None:
                    help="classifier-free guidance scale (generation, and null-text-p2p inversion; other inversions edit "
                         "without CFG)")
     add_guidance_rescale(s)
-    s.add_argument("--seed", type=seed, default=0, help="noise seed")
+    s.add_argument("--seed", type=torch_seed, default=0, help="noise seed")
     s.add_argument("--out", type=Path, required=True, help="output PNG")
     s.add_argument("--grid", action="store_true", help="write a directions x scales grid instead of one image")
     s.add_argument("--scales", type=float_list, default=[-6.0, -3.0, 0.0, 3.0, 6.0], help="grid scales, e.g. --scales=-4,0,4")
     add_device(s)
     s.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
-    s.set_defaults(func=cmd_edit)
+    s.set_defaults(func=cmd_edit, parser_defaults={k: s.get_default(k) for k in RECIPE_HOLDS})

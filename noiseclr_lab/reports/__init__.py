@@ -99,7 +99,10 @@ def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 would hide the report from a web server or a colleague
+    try:
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 would hide the report from a web server or a colleague
+    except OSError:
+        pass
     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
     moved = False
     try:

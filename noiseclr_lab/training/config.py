@@ -136,7 +136,7 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be positive"),
             (self.validation_seeds >= 1, "validation_seeds must be positive"),
             (self.validation_steps >= 2, "validation_steps must be at least 2"),
-            (0 <= self.seed < 2**63, "seed must be in [0, 2**63)"),
+            (0 <= self.seed < 2**32, "seed must be in [0, 2**32)"),  # step seeds derive from it by arithmetic
             (_DEVICE.fullmatch(self.device) is not None,
              f"device must be '', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}"),
         ]
@@ -167,7 +167,11 @@ def field_docs() -> dict[str, str]:
 
     docs: dict[str, str] = {}
     last = None
-    for line in inspect.getsource(TrainConfig).splitlines():
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):  # installed without sources (.pyc only, a zipapp): flags without descriptions
+        return docs
+    for line in source.splitlines():
         m = re.match(r"^    (\w+): [^=]+=.*?  # (.*)$", line)
         if m:
             last = m.group(1)

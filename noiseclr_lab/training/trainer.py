@@ -33,7 +33,7 @@ from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
-from noiseclr_lab.models import load_pipeline
+from noiseclr_lab.models import load_pipeline, pick_device
 from noiseclr_lab.perf import speed_up
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
@@ -111,12 +111,17 @@ class Trainer:
 
         self.cfg = cfg
         self.rundir = RunDir(cfg.out)
+        if cfg.device:  # a device this machine lacks is one sentence here, not a CPU run that fails at selection
+            pick_device(cfg.device)
+            if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
+                raise NoiseCLRLabError(f"Training runs on accelerate's device: for {cfg.device} set "
+                                       f"CUDA_VISIBLE_DEVICES={cfg.device.split(':')[1]} and give --device cuda.")
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
                                log_with=log_with, project_dir=str(self.run_dir))
         acc = self.acc
         self.start_step = 0
-        self._trained_on = None  # on --resume from a moved data folder: the fingerprint of the data trained on
+        self._trained_on = None  # on --resume of a run trained on a folder: the fingerprint of that data
         ck = None
         if resume:
             ck = self.rundir.latest_checkpoint()
@@ -216,9 +221,10 @@ class Trainer:
         old, new = written["config"], self.cfg.to_dict()
         diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         trained_on = written.get("provenance", {}).get("data", "")
-        if "data" in diff and trained_on.startswith("folder:") and not new["data"].startswith("toy:"):
-            diff.remove("data")  # a moved or renamed folder: checked by its content's fingerprint once it is read
-            self._trained_on = trained_on
+        if trained_on.startswith("folder:") and not new["data"].startswith("toy:"):
+            if "data" in diff:
+                diff.remove("data")  # a moved or renamed folder is the same data: its fingerprint decides
+            self._trained_on = trained_on  # checked once the folder is read (moved or not)
         if new.get("lr_schedule") == "cosine" and old.get("steps") != new["steps"]:
             diff.append("steps (the cosine schedule decays over them)")
         if diff:
