@@ -125,15 +125,17 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
     settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
                              prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
                              guidance_scale=cfg.validation_guidance)
-    done_before = _finished_selection(run, full, cfg, settings)
-    if done_before is not None:  # e.g. a finished demo run again: its kept bank (and anything written into it) stays
-        say(f"selection: kept {cfg.select} of {len(full)} directions already ({run.selection_path.name})")
-        return done_before
+    device = cfg.device or None
+    done_before, clip_model = _finished_selection(run, full, cfg, settings), None
+    if done_before is not None:  # the same record: is it the same CLIP too (its weights, not only its name)?
+        clip_model = load_clip_model(cfg.select_clip, device=device)
+        if clip_model.fingerprint() == done_before.clip:  # e.g. a finished demo run again: its kept bank (and
+            say(f"selection: kept {cfg.select} of {len(full)} directions already ({run.selection_path.name})")
+            return done_before  # anything written into it, such as labels) stays as it is
     say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
         f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
-    device = cfg.device or None
     pipe = load_pipeline(cfg.model, device=device)
-    clip_model = load_clip_model(cfg.select_clip, device=pipe.device)
+    clip_model = clip_model or load_clip_model(cfg.select_clip, device=pipe.device)
     sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
@@ -143,7 +145,8 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
 
 def _finished_selection(run: RunDir, full: DirectionBank, cfg: TrainConfig, settings: SweepSettings):
     """The run's selection when ``selection.json`` records this very selection (the same trained bank, sweep,
-    CLIP model, threshold and count) and ``directions.safetensors`` holds its kept directions; else None."""
+    CLIP name, threshold and count) and ``directions.safetensors`` holds its kept directions; else None. The
+    caller compares the CLIP model's fingerprint (its weights) too."""
     from noiseclr_lab.analysis.selection import Selection
 
     if not (run.selection_path.is_file() and run.directions_path.is_file()):

@@ -29,7 +29,7 @@ def run(planted_run):
 def test_analyze_on_a_tiny_random_model_and_clip(run, tiny_clip_name, tmp_path):
     vocab = tmp_path / "v.toml"
     vocab.write_text('[groups]\ncolour = ["red", "green", "blue"]\nlight = ["dark", "bright"]\n')
-    torch.manual_seed(0)  # NAME:random draws the CLIP's weights from torch's global generator
+    torch.manual_seed(0)  # (NAME:random gives the same weights whatever the global generator holds)
     res = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
     data = json.loads((run / "analysis" / "analysis.json").read_text())
     assert data == json.loads(json.dumps(res.data)) and data["schema"] == "noiseclr_lab.analysis/1"
@@ -55,9 +55,17 @@ def test_analyze_on_a_tiny_random_model_and_clip(run, tiny_clip_name, tmp_path):
     again = analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
     assert again.data["directions"] == res.data["directions"]
     assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 1  # the same CLIP: its features reused
-    torch.manual_seed(1)  # another CLIP (other weights): its own features, the same sweep images
+    torch.manual_seed(1)  # NAME:random is the same CLIP whatever the global generator: its features reused
     analyze(run, clip=f"{tiny_clip_name}:random", vocab=vocab, **SMALL)
-    assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 2
+    assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 1
+    from safetensors.torch import save_file
+
+    from noiseclr_lab.analysis.clip import load_clip_model
+
+    other = {k: v + 0.01 for k, v in load_clip_model(f"{tiny_clip_name}:random", device="cpu").model.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "other.safetensors"))
+    analyze(run, clip=f"{tiny_clip_name}:{tmp_path / 'other.safetensors'}", vocab=vocab, **SMALL)  # other weights:
+    assert len(list((run / "analysis" / "sweeps").glob("*/features-*"))) == 2  # its own features, the same images
     assert len(list((run / "analysis" / "sweeps").iterdir())) == 1
 
 

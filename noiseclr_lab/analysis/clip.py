@@ -3,8 +3,8 @@
 
 Specs: ``toy`` (the shipped toy CLIP, the offline default), ``NAME:TAG`` (an open_clip model and pretrained
 tag, read from the local cache, e.g. ``ViT-L-14:laion2b_s32b_b82k``), ``NAME:/path/weights.safetensors`` (a
-local checkpoint of that architecture; safetensors only, no pickles), or ``NAME:random`` (random weights:
-tests and plumbing only).
+local checkpoint of that architecture; safetensors only, no pickles), or ``NAME:random`` (random weights, the
+same on every load: tests and plumbing only).
 """
 
 from __future__ import annotations
@@ -140,8 +140,10 @@ def load_clip_model(spec: str = TOY, device=None, batch_size: int = 64) -> ClipM
                 raise NoiseCLRLabError(f"{pretrained!r} is neither a weights file nor a pretrained tag of {name}; "
                                        f"its tags: {', '.join(tags) or '(none)'}.")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=dev,
-                                                                     precision=precision)
+        with torch.random.fork_rng(devices=[]):  # NAME:random: the same random weights on every load (a fingerprint
+            torch.manual_seed(0)  # that holds, reproducible plumbing), and the caller's random stream untouched
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=dev,
+                                                                         precision=precision)
     except Exception as e:  # open_clip and huggingface_hub raise RuntimeError, OSError, ValueError, HF errors ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if pretrained and not Path(str(pretrained)).expanduser().is_file():
