@@ -109,6 +109,7 @@ def test_resume_after_the_workspace_moved(cfg, tmp_path):
     moved = cfg(data=str(tmp_path / "moved" / "data"), out=str(tmp_path / "moved" / "run"), steps=4)
     trainer = Trainer(moved, resume=True)
     assert trainer.start_step == 2
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the moved images' latents: the same cache
     trainer.run()
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "moved" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]

@@ -64,6 +64,12 @@ def load_training_images(data: str, resolution: int, num_images: int = 256, seed
     return images, f"folder:{folder.resolve()}:{digest.hexdigest()[:16]}"
 
 
+def data_digest(fingerprint: str) -> str:
+    """A data fingerprint without the folder's path (``folder:<path>:<digest>`` -> ``<digest>``), so that a moved
+    data folder still matches (resume, the latent cache); ``toy:`` fingerprints have no path and stay whole."""
+    return fingerprint.rsplit(":", 1)[-1] if fingerprint.startswith("folder:") else fingerprint
+
+
 def _cache_root(cache_dir: str) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "noiseclr_lab" / "latents"
 
@@ -76,7 +82,7 @@ def encode_dataset(pipe, images, fingerprint: str, model_spec: str, cache_dir: s
     from noiseclr_lab.editing.inversion import encode_images
 
     vae = pipe.vae
-    key = hashlib.sha256(json.dumps([fingerprint, model_spec, len(images), images[0].size,
+    key = hashlib.sha256(json.dumps([data_digest(fingerprint), model_spec, len(images), images[0].size,
                                      float(vae.config.scaling_factor)]).encode()).hexdigest()[:20]
     path = _cache_root(cache_dir) / f"{key}.safetensors"
     if path.is_file():

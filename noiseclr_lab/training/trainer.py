@@ -91,12 +91,6 @@ def _git_sha() -> str:
         return ""
 
 
-def _data_digest(fingerprint: str) -> str:
-    """A data fingerprint without the folder's path (``folder:<path>:<digest>`` -> ``<digest>``), so that a moved
-    data folder still matches; ``toy:`` fingerprints have no path and stay whole."""
-    return fingerprint.rsplit(":", 1)[-1] if fingerprint.startswith("folder:") else fingerprint
-
-
 def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + micro)
 
@@ -107,7 +101,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         from accelerate import Accelerator
 
-        from noiseclr_lab.training.data import encode_dataset, load_training_images
+        from noiseclr_lab.training.data import data_digest, encode_dataset, load_training_images
 
         self.cfg = cfg
         self.rundir = RunDir(cfg.out)
@@ -158,7 +152,7 @@ class Trainer:
             latents = encode_dataset(pipe, images, data_fp, cfg.model, cfg.cache_dir)  # (N, C, h, w) cpu
         self.latents = latents.to(acc.device)  # kept on the device: a step gathers its batch there, no copy
         self.data_fingerprint = data_fp
-        if self._trained_on is not None and _data_digest(self._trained_on) != _data_digest(data_fp):
+        if self._trained_on is not None and data_digest(self._trained_on) != data_digest(data_fp):
             raise NoiseCLRLabError(
                 f"--resume: the training data in {cfg.data} is not what the run was trained on ({self._trained_on}): "
                 "its files, sizes or modification times differ.")
