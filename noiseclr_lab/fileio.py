@@ -97,9 +97,9 @@ def save_torch_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_image_atomic(img, path: Path) -> None:
-    """Save a PIL image to ``path`` (format from its extension) through a temporary file; an unknown extension
-    or a failed write is one NoiseCLRLabError and leaves any existing file as it was."""
+def image_format(path: Path) -> str:
+    """PIL's format for an image file name (from its extension); an unknown one is one NoiseCLRLabError (so a
+    command can check its output before any work)."""
     from PIL import Image
 
     from noiseclr_lab.errors import NoiseCLRLabError
@@ -108,6 +108,16 @@ def save_image_atomic(img, path: Path) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise NoiseCLRLabError(f"Cannot write {path}: unknown image extension {path.suffix!r} (use .png, .jpg, .webp).")
+    return fmt
+
+
+def save_image_atomic(img, path: Path) -> None:
+    """Save a PIL image to ``path`` (format from its extension) through a temporary file; an unknown extension
+    or a failed write is one NoiseCLRLabError and leaves any existing file as it was."""
+    from noiseclr_lab.errors import NoiseCLRLabError
+
+    path = Path(path)
+    fmt = image_format(path)
     try:
         with atomic_target(path) as tmp:
             img.save(tmp, format=fmt)

@@ -77,77 +77,54 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+def finite_at_least(low: float, what: str, strict: bool = False):
+    """An argparse type: a finite number >= ``low`` (> ``low`` when ``strict``); a non-finite one is 'expected a
+    finite number', a smaller one 'expected <what>'."""
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_float = finite_at_least(0.0, "a number > 0", strict=True)
+nonnegative_float = finite_at_least(0.0, "a number >= 0")
 
 
-def seed(text: str) -> int:
-    """A sampling seed for numpy and torch: an integer in [0, 2**32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer from 0 to 2**32 - 1, got {text!r}")
-    return value
+def int_in(low: int, high: int | None, what: str):
+    """An argparse type: an integer in [``low``, ``high``) (no upper bound when ``high`` is None); anything else
+    is 'expected <what>, got ...'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def torch_seed(text: str) -> int:
-    """A seed of ``torch.Generator.manual_seed``: an integer in [-2**63, 2**64)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 2**64
-    if not -(2**63) <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer from -2**63 to 2**64 - 1, got {text!r}")
-    return value
+def int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``; anything else is 'expected <what>, got ...'."""
+    return int_in(low, None, what)
 
 
-def port(text: str) -> int:
-    """A TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
-    return value
+seed = int_in(0, 2**32, "a seed, an integer from 0 to 2**32 - 1")  # numpy and torch sampling seeds
+torch_seed = int_in(-(2**63), 2**64, "a seed, an integer from -2**63 to 2**64 - 1")  # torch.Generator.manual_seed's
+port = int_in(1, 65536, "a port from 1 to 65535")  # TCP
 
 
 def device(text: str) -> str:
     """A torch device name: cpu, cuda, cuda:N or mps (whether this machine has it is checked when the command
     runs, before any model loads: ``models.pick_device``; the parser imports no torch)."""
-    import re
+    from noiseclr_lab.training.config import DEVICE_NAME
 
     name = text.strip().lower()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+    if not DEVICE_NAME.fullmatch(name):
         raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps")
     return name
-
-
-def int_at_least(low: int, what: str):
-    """An argparse type: an integer >= ``low``; anything else is 'expected <what>, got ...'."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
 
 
 positive_int = int_at_least(1, "a positive integer")

@@ -25,10 +25,9 @@ RECIPE_HOLDS = ("model", "bank", "apply", "window", "official_window", "calibrat
 
 def _check_outputs(args) -> None:
     """Fail on an output that cannot be written before any work (a wrong extension, a folder in the way)."""
-    from PIL import Image
+    from noiseclr_lab.fileio import image_format
 
-    if Image.registered_extensions().get(args.out.suffix.lower()) is None:
-        raise NoiseCLRLabError(f"--out {args.out}: unknown image extension {args.out.suffix!r} (use .png, .jpg, .webp).")
+    image_format(args.out)
     for path in (args.out, args.save_recipe):
         if path is not None and path.is_dir():
             raise NoiseCLRLabError(f"{path} is a folder; give a file name.")
@@ -59,7 +58,6 @@ def cmd_edit(args) -> int:
         if not edits:
             raise NoiseCLRLabError("Nothing to apply: give --apply NAME=SCALE (or --grid).")
         from noiseclr_lab.directions import DirectionBank
-        from noiseclr_lab.workflows import default_prompt
 
         bank = DirectionBank.load(args.bank)
 
@@ -72,7 +70,7 @@ def cmd_edit(args) -> int:
             from noiseclr_lab.editing.images import prepare_image
 
             prepare_image(args.image, 8)
-        prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
+        prompt = _prompt(args, bank)
         model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # a local model too
         recipe = Recipe(model=model, bank=str(args.bank.resolve()), edits=edits, windows=windows,  # absolute:
                         calibrated=args.calibrated, edit_start=args.edit_start, prompt=prompt,  # replays from anywhere
@@ -96,6 +94,13 @@ def cmd_edit(args) -> int:
     return 0
 
 
+def _prompt(args, bank) -> str:
+    """--prompt, else the bank's default (its toy domain's head) for generation; "" with --image."""
+    from noiseclr_lab.workflows import default_prompt
+
+    return args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
+
+
 def _edits(args) -> dict[str, float]:
     """{name: scale} of the --apply flags; a name given twice is an error (which would win?)."""
     edits: dict[str, float] = {}
@@ -112,11 +117,9 @@ def _grid(args) -> int:
     from noiseclr_lab.editing.inversion import p2p_args
     from noiseclr_lab.fileio import save_image_atomic
     from noiseclr_lab.models import load_pipeline
-    from noiseclr_lab.workflows import default_prompt
-
     bank = DirectionBank.load(args.bank)
     edits = _edits(args)
-    prompt = args.prompt if args.prompt is not None else default_prompt(bank) if args.image is None else ""
+    prompt = _prompt(args, bank)
     for name in edits:
         bank.index(name)  # unknown names fail before any work
     if args.window or args.official_window:

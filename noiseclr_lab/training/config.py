@@ -13,7 +13,7 @@ from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.perf import COMPILE_MODES
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-_DEVICE = re.compile(r"|cpu|cuda(:\d+)?|mps")  # what TrainConfig.device may say (availability: at run time)
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|mps")  # device names the CLI and TrainConfig take (availability: at run time)
 
 
 @dataclass
@@ -137,7 +137,7 @@ class TrainConfig:
             (self.validation_seeds >= 1, "validation_seeds must be positive"),
             (self.validation_steps >= 2, "validation_steps must be at least 2"),
             (0 <= self.seed < 2**32, "seed must be in [0, 2**32)"),  # step seeds derive from it by arithmetic
-            (_DEVICE.fullmatch(self.device) is not None,
+            (self.device == "" or DEVICE_NAME.fullmatch(self.device) is not None,
              f"device must be '', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}"),
         ]
         for ok, msg in checks:
