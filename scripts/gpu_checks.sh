@@ -29,7 +29,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -n "${QUICK:-}" ]; then  # CPU dry run: the smallest work each section accepts
     EDIT_ARGS="--directions 1,2 --steps 2 --images 1 --repeats 1"
     TRAIN_ARGS="--m 2,3 --steps 1 --warmup 1 --batch-size 2"
-    DEMO_ARGS="--steps 2 --seeds 1 --scales 3 --eval-steps 2"
+    DEMO_ARGS="--steps 2 --seeds 2 --scales 3 --eval-steps 2"
     REBUILD_ARGS="--minutes 0.2 --n-train 60"
 else
     EDIT_ARGS="--directions 1,4,8"

@@ -253,3 +253,13 @@ def test_exports_for_a1111_comfyui_load_in_diffusers(tiny_pipe, tmp_path):
         "d1.safetensors", "d2.safetensors", "d3.safetensors"]
     with pytest.raises(NoiseCLRLabError, match="Unknown export format 'ckpt'"):
         bank.export_embeddings(tmp_path / "x", "ckpt")
+
+
+def test_export_file_names_keep_any_script_and_never_differ_only_by_case(tmp_path):
+    labels = ["lächeln", "笑顔", "Smile", "smile", "x" * 300]
+    bank = DirectionBank(torch.randn(5, 8), [f"<d{k}>" for k in range(5)], labels=labels)
+    names = [p.name for p in bank.export_embeddings(tmp_path, "a1111")]
+    # "Smile" and "smile" would be one file on macOS / Windows: the second gets its token too
+    assert names[:4] == ["lächeln.safetensors", "笑顔.safetensors", "Smile.safetensors", "smile_d3.safetensors"]
+    assert names[4] == "x" * 80 + ".safetensors"  # long labels are cut, not refused by the file system
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)

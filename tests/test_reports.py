@@ -211,3 +211,24 @@ def test_labels_and_names_cannot_inject_markup(tiny_run, tmp_path):
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     md = res.markdown.read_text()
     assert "<script>" not in md and "<d1>" not in md and "&lt;d1&gt;" in md
+
+
+def test_colour_scales_of_all_zero_and_long_labelled_maps():
+    """An all-zero effect map (a run too short to move anything) gets a -1..1 scale, not +-1e-6 or 0..0; slanted
+    column names make room for themselves instead of being cut at the bottom."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from noiseclr_lab.reports.figures import heatmap_figure, matrix_png
+
+    zero = [[0.0, 0.0], [None, 0.0]]
+    fig = heatmap_figure(zero, ["<d0>", "<d1>"], ["smile", "glasses"], "effects", "change")
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (-1.0, 1.0)
+    assert fig.layout.xaxis.automargin and fig.layout.yaxis.automargin
+    long = heatmap_figure(np.ones((2, 2)), ["a", "b"], ["a much longer column name", "b"], "t", "c")
+    assert long.layout.height > fig.layout.height  # the figure grows by the labels' slanted length
+    assert (long.data[0].zmin, long.data[0].zmax) == (-1.0, 1.0)
+    img = Image.open(io.BytesIO(matrix_png(zero, ["<d0>", "<d1>"], ["smile", "glasses"], "effects", "change")))
+    assert img.size[0] > 100 and img.size[1] > 100

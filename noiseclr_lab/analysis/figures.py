@@ -21,6 +21,16 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def colour_limit(values) -> float:
+    """The colour scale's end for values centred on 0: the largest finite |value|, or 1 when there is none
+    or every value is 0 (a scale of +-1e-6 would label an all-zero map with meaningless ticks)."""
+    a = np.abs(np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))],
+                          dtype=float))
+    a = a[np.isfinite(a)]
+    lim = float(a.max()) if a.size else 0.0
+    return lim if lim > 0 else 1.0
+
+
 def _save(fig, path: Path) -> Path:
     with atomic_target(Path(path)) as tmp:
         tmp.write_bytes(png_bytes(fig))
@@ -35,7 +45,7 @@ def rescoring_heatmap(analysis: dict, path: Path) -> Path:
     dirs = analysis["directions"]
     attrs = analysis["attributes"]
     m = np.array([[d["rescoring"][a] for a in attrs] for d in dirs])  # (K, A)
-    lim = max(float(np.abs(m).max()), 1e-6)
+    lim = colour_limit(m)
     fig = Figure(figsize=(max(5.0, 0.42 * len(attrs) + 3), max(3.0, 0.36 * len(dirs) + 2)))
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")

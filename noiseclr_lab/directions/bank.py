@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +38,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 EXPORT_FORMATS = ("a1111", "comfyui", "diffusers-ti")
 
 
+FILE_STEM_CHARS = 80  # a label's file name is cut here (file systems allow 255 bytes; UTF-8 takes up to 4 a character)
+
+
 def _file_stem(name: str) -> str:
-    """A file-name-safe version of a token or label ("<d3>" -> "d3", "hair=red (+)" -> "hair_red")."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "direction"
+    """A file-name-safe version of a token or label ("<d3>" -> "d3", "hair=red (+)" -> "hair_red",
+    "lächeln" -> "lächeln": letters and digits of any script are kept, NFC-normalised)."""
+    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", name))[:FILE_STEM_CHARS]
+    return stem.strip("_.") or "direction"
 
 
 def text_encoder_hidden_size(text_encoder) -> int:
@@ -295,9 +301,10 @@ class DirectionBank:
         for k, (token, row) in enumerate(zip(self.tokens, self.embeddings)):
             stem = _file_stem(self.labels[k] or token)
             path = folder / f"{stem}.safetensors"
-            if path in paths:
+            taken = {p.name.casefold() for p in paths}  # "Smile" and "smile" are one file on macOS and Windows
+            if path.name.casefold() in taken:
                 path = folder / f"{stem}_{_file_stem(token)}.safetensors"
-            if path in paths:
+            if path.name.casefold() in taken:
                 raise NoiseCLRLabError(f"Directions {self.tokens} map to clashing file names; relabel them.")
             meta = {"token": token, "label": self.labels[k], "suggested_label": self.suggestions[k],
                     "calibrated_scale": self.calibrated_scales[k], "base_model": self.base_model,
@@ -317,7 +324,7 @@ class DirectionBank:
         paths = []
         for token, row in zip(self.tokens, self.embeddings):
             path = folder / f"{_file_stem(token)}.safetensors"
-            if path in paths:
+            if path.name.casefold() in {p.name.casefold() for p in paths}:
                 raise NoiseCLRLabError(f"Tokens {self.tokens} map to clashing file names; rename them.")
             save_safetensors_atomic({token: row}, path)
             paths.append(path)

@@ -206,7 +206,7 @@ def _directions(run: RunDir, bank: DirectionBank, analysis: dict, images: dict[s
     if maps:  # one colour scale for every map, so that they compare
         from noiseclr_lab.reports.figures import locality_png
 
-        vmax = max(float(m.max()) for m in maps.values()) or 1e-6
+        vmax = max(float(m.max()) for m in maps.values()) or 1.0
         for k, m in maps.items():
             if images is not None:
                 images[f"locality-{k:03d}"] = locality_png(m, vmax,

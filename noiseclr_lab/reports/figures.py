@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseclr_lab.analysis.figures import png_bytes
+from noiseclr_lab.analysis.figures import colour_limit, png_bytes
 
 DIVERGING = "RdBu_r"
 # plotly's toolbar everywhere (report and dashboard): no logo, and no "Share chart" button (plotly.js offers to
@@ -65,8 +65,7 @@ def matrix_png(m, rows: list[str], cols: list[str], title: str, colour_label: st
     from matplotlib.figure import Figure
 
     a = np.array([[np.nan if v is None else v for v in r] for r in m], dtype=float)
-    finite = a[np.isfinite(a)]
-    lim = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
+    lim = colour_limit(a)
     fig = Figure(figsize=(max(4.0, 0.5 * len(cols) + 2.5), max(2.5, 0.35 * len(rows) + 1.5)))
     ax = fig.add_subplot()
     im = ax.imshow(a, cmap=DIVERGING if diverging else "viridis", vmin=-lim if diverging else 0, vmax=lim,
@@ -126,8 +125,7 @@ def heatmap_figure(m, rows: list[str], cols: list[str], title: str, colour_label
     import plotly.graph_objects as go
 
     a = [[None if v is None else float(v) for v in r] for r in m]
-    finite = [abs(v) for r in a for v in r if v is not None]
-    lim = max(finite) if finite else 1.0
+    lim = colour_limit(a)
     values = {"texttemplate": "%{z:.2f}", "textfont": {"size": 10}} if len(rows) * len(cols) <= 200 else {}
     fig = go.Figure(go.Heatmap(z=a, x=cols, y=rows, colorscale=DIVERGING if diverging else "Viridis",
                                zmin=-lim if diverging else 0, zmax=lim, hovertemplate=hover + "<extra></extra>",
@@ -137,9 +135,12 @@ def heatmap_figure(m, rows: list[str], cols: list[str], title: str, colour_label
         fig.add_scatter(x=[c for _, c, _ in cells], y=[r for r, _, _ in cells], mode="markers", showlegend=False,
                         marker={"size": 24, "opacity": 0, "symbol": "square"}, customdata=[v for *_, v in cells],
                         hovertemplate=hover.replace("%{z", "%{customdata") + "<extra></extra>")
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(type="category", tickangle=-45)
-    return _layout(fig, title, height=max(300, 28 * len(rows) + 160))
+    # automargin: the margins grow to hold the tick labels (the slanted column names were cut at the bottom);
+    # the figure grows by as much, so that the cells keep their size
+    fig.update_yaxes(autorange="reversed", type="category", automargin=True)
+    fig.update_xaxes(type="category", tickangle=-45, automargin=True)
+    slant = int(0.71 * 7 * max((len(str(c)) for c in cols), default=0))  # px below the axis, about
+    return _layout(fig, title, height=max(300, 28 * len(rows) + 160 + slant))
 
 
 def bars_figure(rows: list[dict], title: str):
@@ -150,8 +151,8 @@ def bars_figure(rows: list[dict], title: str):
                            error_y={"type": "data", "array": [r["se"] for r in rows], "visible": True},
                            marker_color=["#b2182b" if r["change"] > 0 else "#2166ac" for r in rows],
                            hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f}<extra></extra>"))
-    fig.update_yaxes(title_text="Δ P(attribute)")
-    fig.update_xaxes(tickangle=-45)
+    fig.update_yaxes(title_text="Δ P(attribute)", automargin=True)
+    fig.update_xaxes(tickangle=-45, automargin=True)
     return _layout(fig, title, height=300)
 
 
