@@ -1,7 +1,8 @@
 """Speed accounting shared by the benchmarks and the sweeps: FLOPs of a call and model FLOPs utilisation (MFU).
 
 MFU = (FLOPs the work needs, counted by ``torch.utils.flop_counter``) / seconds / the chip's dense bf16/fp16
-tensor-core peak. The peak is known for the GPUs below (by name); elsewhere MFU is None and only the achieved
+tensor-core peak. A forward pass that gradient checkpointing runs again in the backward pass is not work the
+step needs: ``count_step_flops`` counts it apart (with it, the ratio is the hardware FLOPs utilisation, HFU). The peak is known for the GPUs below (by name); elsewhere MFU is None and only the achieved
 FLOP rate is reported.
 """
 
@@ -29,13 +30,86 @@ def peak_tflops(device: torch.device | str | None = None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def _count_cpu_attention() -> None:
+    """Teach ``torch.utils.flop_counter`` the CPU's fused attention kernels (it knows the CUDA ones only, so on
+    a CPU attention counted 0 FLOPs): the same formulas as the CUDA flash kernels, so that a count made on
+    the CPU equals one made on a GPU."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+        op = getattr(aten, name, None)
+        if op is not None and op not in fc.flop_registry and op.default not in fc.flop_registry:
+            fc.register_flop_formula(op)(formula)
+
+
 def count_flops(fn: Callable[[], object]) -> float:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), as ``torch.utils.flop_counter`` counts them."""
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), as ``torch.utils.flop_counter`` counts them.
+    Everything that runs is counted, a forward pass that gradient checkpointing repeats in the backward pass
+    too: count a training step with ``count_step_flops``."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_cpu_attention()
     with FlopCounterMode(display=False) as fc:
         fn()
     return float(fc.get_total_flops())
+
+
+def count_step_flops(fn: Callable[[], object], models=()) -> tuple[float, float]:
+    """(model FLOPs, recomputed FLOPs) of one call of ``fn``, typically a training step. The second is what
+    gradient checkpointing in ``models`` (diffusers or transformers models) spends running forward passes again
+    during the backward pass; the first is the rest, the work the step needs, MFU's numerator (hardware FLOPs
+    utilisation, HFU, divides the sum). Each checkpointing layer's function is wrapped for the call: its first
+    run of a block is the forward pass, any later run of it a recomputation, counted apart."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention()
+    recomputed = [0.0]
+
+    def counting(checkpoint):
+        def wrapped(block, *args, **kwargs):
+            runs = [0]
+
+            def run(*a, **k):
+                runs[0] += 1
+                if runs[0] == 1:
+                    return block(*a, **k)
+                inner = FlopCounterMode(display=False)
+                try:  # a recomputation may stop early (torch's checkpoint ends it once it has what it needs)
+                    with inner:
+                        return block(*a, **k)
+                finally:
+                    recomputed[0] += inner.get_total_flops()
+
+            return checkpoint(run, *args, **kwargs)
+
+        return wrapped
+
+    layers = [m for model in models for m in model.modules()
+              if getattr(m, "gradient_checkpointing", False) is True
+              and callable(getattr(m, "_gradient_checkpointing_func", None))]
+    own = [(m, "_gradient_checkpointing_func" in m.__dict__, m._gradient_checkpointing_func) for m in layers]
+    for m, _, f in own:
+        m._gradient_checkpointing_func = counting(f)
+    try:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+    finally:
+        for m, had, f in own:
+            if had:
+                m._gradient_checkpointing_func = f
+            else:
+                del m._gradient_checkpointing_func
+    total = float(fc.get_total_flops())
+    return total - recomputed[0], recomputed[0]
 
 
 def mfu(flops: float, seconds: float, device: torch.device | str | None = None) -> float | None:

@@ -5,7 +5,8 @@ Two measurements:
   throughput   step time at equal work: every contender computes M directions' edits per step
                (batched: M directions in one UNet call; official: 1 anchor + M-1 negatives, one call each;
                release: the official schedule done the way the released training script does it, see
-               ReleaseStep). Prints s/step, edits/s, the ratios; on CUDA also peak memory and MFU.
+               ReleaseStep). Prints s/step, edits/s, the ratios; on CUDA also peak memory, MFU and HFU
+               (HFU counts the forward passes gradient checkpointing repeats in the backward pass too).
   to-score     wall time to reach the same ground-truth score on the toy faces model: each schedule trains
                for --minutes per training seed (--train-seeds), checkpointing every --every steps (batched:
                the toy-faces preset as the demo runs it; official: 1 anchor + min(20, K-1) others per step,
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from noiseclr_lab.perf import COMPILE_MODES, count_flops, peak_tflops
+from noiseclr_lab.perf import COMPILE_MODES, count_step_flops, peak_tflops
 from noiseclr_lab.perf import mfu as perf_mfu
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
@@ -60,13 +61,16 @@ def _step(trainer: Trainer, step: int) -> torch.Tensor:
     return loss.detach()
 
 
-def _flops_per_step(step, trainer: Trainer | None = None) -> float:
-    """Model FLOPs of one step, counted on the uncompiled UNet (compiling changes no FLOP of the work)."""
+def _flops_per_step(step, trainer: Trainer | None = None) -> tuple[float, float]:
+    """(model FLOPs, FLOPs gradient checkpointing recomputes) of one step, counted on the uncompiled UNet
+    (compiling changes no FLOP of the work): MFU divides the first, HFU the sum."""
+    pipe = trainer.pipe if trainer is not None else step.pipe
+    models = [pipe.unet, pipe.text_encoder]
     if trainer is None:
-        return count_flops(lambda: step(10**5))
+        return count_step_flops(lambda: step(10**5), models)
     fn, trainer.unet_fn = trainer.unet_fn, trainer.pipe.unet
     try:
-        return count_flops(lambda: step(10**5))
+        return count_step_flops(lambda: step(10**5), models)
     finally:
         trainer.unet_fn = fn
 
@@ -117,7 +121,7 @@ class ReleaseStep:
         if args.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             pipe.unet.train()
-            te.gradient_checkpointing_enable()
+            (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()  # 5 / 4
             te.train()  # transformers checkpoints only in train mode; CLIP's dropout is 0
         side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         images, _ = load_training_images(args.data, side, max(64, args.batch_size), 0)
@@ -167,7 +171,8 @@ def throughput(args) -> list[dict]:
     print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}, "
           f"gradient checkpointing {args.gradient_checkpointing}, compile {args.compile} (ours), channels_last "
           f"{args.channels_last} (ours), torch {torch.__version__}")
-    print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'MFU':>6}")
+    print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'TFLOP/s':>8} {'MFU':>6} {'HFU':>6}"
+          "   (TFLOP/s and MFU: the step's own FLOPs; HFU: with the forward passes gradient checkpointing repeats)")
     for m in [int(x) for x in args.m.split(",")]:
         res = {}
         for who in ("batched", "official", "release"):
@@ -186,12 +191,16 @@ def throughput(args) -> list[dict]:
                     torch.cuda.synchronize()
                 dt = (time.perf_counter() - t0) / args.steps
                 mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-                mfu = float("nan")
+                model_flops, recomputed = _flops_per_step(step, tr)
+                mfu = hfu = float("nan")
                 if cuda and peak:
-                    mfu = perf_mfu(_flops_per_step(step, tr), dt, "cuda")
+                    mfu = perf_mfu(model_flops, dt, "cuda")
+                    hfu = perf_mfu(model_flops + recomputed, dt, "cuda")
                 edits = m * args.batch_size / dt
-                res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "mfu": mfu}
-                print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {mfu:>6.1%}", flush=True)
+                res[who] = {"s_per_step": dt, "edits_per_s": edits, "peak_gib": mem, "tflop_per_s": model_flops / dt / 1e12,
+                            "recomputed_share": recomputed / model_flops, "mfu": mfu, "hfu": hfu}
+                print(f"{m:>3} {who:>9} {dt:>8.3f} {edits:>9.1f} {mem:>9.2f} {model_flops / dt / 1e12:>8.3f} "
+                      f"{mfu:>6.1%} {hfu:>6.1%}", flush=True)
                 del step, tr
                 gc.collect()
                 if cuda:

@@ -42,11 +42,12 @@ def test_release_step_does_the_released_scripts_work_and_trains_only_the_directi
 def test_bench_train_throughput_times_every_contender(tiny_pipe_dir, tmp_path):
     out = tmp_path / "throughput.json"
     torch.manual_seed(0)
-    assert bench_train.main(_args(tiny_pipe_dir, tmp_path, "--json", str(out))) == 0
+    assert bench_train.main(_args(tiny_pipe_dir, tmp_path, "--json", str(out), "--gradient-checkpointing")) == 0
     (row,) = json.loads(out.read_text())
     assert row["M"] == 2
     for who in ("batched", "official", "release"):
         assert row[f"s_per_step_{who}"] > 0 and row[f"edits_per_s_{who}"] > 0
+        assert row[f"tflop_per_s_{who}"] > 0 and row[f"recomputed_share_{who}"] > 0  # checkpointing repeats work
     assert row["speedup"] == row["s_per_step_official"] / row["s_per_step_batched"]
     assert row["speedup_vs_release"] == row["s_per_step_release"] / row["s_per_step_batched"]
 
@@ -101,3 +102,46 @@ def test_bench_machine_times_the_yardstick_both_ways(tiny_pipe_dir, tmp_path, ca
     assert [p.requires_grad for p in unet.parameters()] == before and all(p.grad is None for p in unet.parameters())
     with pytest.raises(SystemExit, match="at least 1"):
         bench_machine.main(["--model", str(tiny_pipe_dir), "--repeats", "0"])
+
+
+def test_step_flops_leave_out_what_gradient_checkpointing_recomputes(tiny_pipe):
+    """MFU's numerator is the step's own work: with gradient checkpointing (diffusers' UNet, transformers' text
+    encoder) the forward passes run again in the backward pass are counted apart (HFU adds them), so the model
+    FLOPs equal the count without checkpointing; the checkpoint functions are put back afterwards."""
+    from noiseclr_lab.perf import count_flops, count_step_flops
+
+    unet, te = tiny_pipe.unet, tiny_pipe.text_encoder
+    ids = tiny_pipe.tokenizer(["a face", "a cat"], padding="max_length", return_tensors="pt").input_ids
+    z, t = torch.randn(2, unet.config.in_channels, 8, 8), torch.tensor([500])
+    for m in (unet, te):
+        m.requires_grad_(False)
+    te.get_input_embeddings().weight.requires_grad_(True)
+
+    def step():
+        unet(z, t, encoder_hidden_states=te(ids)[0]).sample.square().mean().backward()
+
+    plain = count_flops(step)
+    assert count_step_flops(step, [unet, te]) == (plain, 0.0)
+    unet.enable_gradient_checkpointing()
+    (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()  # transformers 5 / 4
+    unet.train(), te.train()
+    funcs = {id(m): m.__dict__.get("_gradient_checkpointing_func") for mod in (unet, te) for m in mod.modules()}
+    everything = count_flops(step)
+    model, recomputed = count_step_flops(step, [unet, te])
+    assert model == plain and recomputed > 0 and everything == model + recomputed
+    assert {id(m): m.__dict__.get("_gradient_checkpointing_func") for mod in (unet, te) for m in mod.modules()} == funcs
+
+
+def test_cpu_attention_counts_as_on_a_gpu():
+    """torch's flop counter knows only the CUDA attention kernels; ``count_flops`` teaches it the CPU's, with the
+    same formula: 4 * B * H * Lq * Lk * E forward, 2.5 times that backward."""
+    import torch.nn.functional as F
+
+    from noiseclr_lab.perf import count_flops
+
+    q = torch.randn(2, 4, 64, 32, requires_grad=True, device="cpu")
+    k, v = torch.randn(2, 4, 48, 32), torch.randn(2, 4, 48, 32)
+    fwd = 4 * 2 * 4 * 64 * 48 * 32
+    with torch.no_grad():
+        assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == fwd
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == fwd * 3.5

@@ -48,3 +48,24 @@ def test_probe_effect_keeps_consistent_pushes_and_shrinks_random_flips():
     assert raw[1] > 0.1 and shrunk[1] < 0.05  # the re-roll leaves a raw residue; the correction removes it
     same, same_raw = probe_effect(edited, base, noise_z=0.0)
     assert np.allclose(same, same_raw)
+
+
+def test_a_reader_must_read_every_group_at_the_right_shape_and_finite():
+    import pytest
+
+    from noiseclr_lab.analysis.readers import check_reading
+    from noiseclr_lab.errors import NoiseCLRLabError
+
+    class Reader:
+        values = {"hair": ("black", "red"), "glasses": ("no", "yes")}
+
+    ok = {"hair": np.full((3, 2), 0.5), "glasses": np.eye(2)[[0, 1, 0]]}
+    assert check_reading(Reader(), ok, 3)["glasses"].dtype == np.float64
+    with pytest.raises(NoiseCLRLabError, match="no reading for group 'glasses'"):
+        check_reading(Reader(), {"hair": ok["hair"]}, 3)
+    with pytest.raises(NoiseCLRLabError, match=r"as shape \(2, 2\), expected \(3, 2\)"):
+        check_reading(Reader(), ok | {"hair": ok["hair"][:2]}, 3)
+    nan = ok["hair"].copy()
+    nan[1, 0] = np.nan  # would be argmax'ed as the strongest scale and then score as no effect
+    with pytest.raises(NoiseCLRLabError, match="'hair' as NaN or infinite"):
+        check_reading(Reader(), ok | {"hair": nan}, 3)

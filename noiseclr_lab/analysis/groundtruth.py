@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from noiseclr_lab.analysis.metrics import compute_all
 from noiseclr_lab.analysis.metrics.modularity import per_direction
+from noiseclr_lab.analysis.metrics.rescoring import group_effect, rescoring
 from noiseclr_lab.analysis.readers import Reader
 from noiseclr_lab.analysis.sweep import SweepReading, SweepSettings, read_sweep
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
@@ -71,11 +72,10 @@ def probe_effect(p_edited: np.ndarray, p_base: np.ndarray, noise_z: float = NOIS
     ``noise_z`` standard errors of that mean (floored at 0). A random perturbation that flips the factor
     different ways on different seeds averages out; a semantic edit pushes it the same way on every seed.
     """
-    delta = np.asarray(p_edited, dtype=np.float64) - np.asarray(p_base, dtype=np.float64)[None]
-    seeds = delta.shape[1]
-    mean = np.abs(delta.mean(1))
-    se = delta.std(1, ddof=1) / np.sqrt(seeds) if seeds > 1 else np.zeros_like(mean)
-    return np.clip(mean - noise_z * se, 0, None).max(1), mean.max(1)
+    # the CLIP analysis's statistic on one group of values (metrics.rescoring): one formula for both matrices
+    mean, se = rescoring(np.asarray(p_edited, dtype=np.float64)[:, None], p_base)  # (n_scales, 1, n_values)
+    one = [0] * mean.shape[-1]
+    return group_effect(mean, se, one, noise_z)[:, 0, 0], group_effect(mean, se, one, 0.0)[:, 0, 0]
 
 
 def calibrate(sweep: np.ndarray, scales, threshold: float = CALIBRATION_THRESHOLD) -> tuple[np.ndarray, list[float]]:

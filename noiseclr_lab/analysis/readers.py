@@ -49,5 +49,8 @@ def check_reading(reader: Reader, reading: Mapping[str, np.ndarray], n: int) -> 
         if p.shape != (n, len(names)):
             raise NoiseCLRLabError(f"{type(reader).__name__} read group {group!r} as shape {p.shape}, "
                                    f"expected {(n, len(names))}.")
+        if not np.isfinite(p).all():  # a NaN would be picked as the "strongest" scale and score as no effect
+            raise NoiseCLRLabError(f"{type(reader).__name__} read group {group!r} as NaN or infinite "
+                                   "probabilities; check the reader (or the images it read).")
         out[group] = p
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from noiseclr_lab.analysis.metrics.effect import as_effect
 from noiseclr_lab.analysis.metrics.modularity import MIN_EFFECT, per_direction
 
 MIN_MODULARITY = 0.7
@@ -17,10 +18,10 @@ def covered_factors(effect: np.ndarray, min_modularity: float = MIN_MODULARITY, 
 
 def _compute_coverage(effect: np.ndarray, min_modularity: float = MIN_MODULARITY, min_effect: float = MIN_EFFECT) -> dict[str, float]:
     cov = covered_factors(effect, min_modularity, min_effect)
-    return {"coverage": float(len(cov)), "coverage_frac": len(cov) / effect.shape[1]}
+    return {"coverage": float(len(cov)), "coverage_frac": len(cov) / effect.shape[1] if effect.shape[1] else 0.0}
 
 
 def compute_coverage(effect, min_modularity: float = MIN_MODULARITY, min_effect: float = MIN_EFFECT) -> dict[str, float]:
     """Covered factor count and fraction."""
-    return _compute_coverage(np.asarray(effect, dtype=np.float64), min_modularity, min_effect)
+    return _compute_coverage(as_effect(effect), min_modularity, min_effect)
 
