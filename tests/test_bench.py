@@ -145,3 +145,20 @@ def test_cpu_attention_counts_as_on_a_gpu():
     with torch.no_grad():
         assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == fwd
     assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == fwd * 3.5
+
+
+def test_count_train_work_on_the_meta_device():
+    """SD 1.5's step counted in shapes only: checkpointing recomputes about a third more and
+    keeps far fewer activations; the real attention function is put back."""
+    import torch.nn.functional as F
+
+    import count_train_work
+
+    sdpa = F.scaled_dot_product_attention
+    (one,) = count_train_work.count([1], 1, torch.bfloat16)
+    assert sdpa is F.scaled_dot_product_attention
+    # the unedited call (a forward pass of 0.80 TFLOP: SD 1.5 at 512 px), the edited one (a forward pass and its
+    # backward pass to the inputs, which attention's backward makes a little more than a forward): 3.1 passes
+    assert 3.0 * 0.80 < one["model_tflop"] < 3.3 * 0.80
+    assert one["recomputed_tflop_no_ckpt"] == 0.0 and 0.2 < one["recomputed_tflop_ckpt"] / one["model_tflop"] < 0.5
+    assert one["saved_gib_ckpt"] < one["saved_gib_no_ckpt"] / 4

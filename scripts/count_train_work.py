@@ -1,0 +1,140 @@
+"""What one batched NoiseCLR training step costs on Stable Diffusion 1.5's architecture, counted without a GPU.
+
+The model is built on PyTorch's meta device (shapes only, no weights, no arithmetic), so this runs in seconds
+on any machine. For each M (directions per step) at batch B it prints:
+
+  model TFLOP     the step's own work (the unedited no-grad call on B rows, the M*B-row call with its backward
+                  to the direction embeddings, the text encoder): MFU's numerator;
+  recomputed      what gradient checkpointing runs again in the backward pass (HFU adds it; the two differ by
+                  that factor, e.g. about 1.34x at M=12, B=6);
+  saved GiB       the activations autograd keeps for the backward pass, with and without checkpointing, with
+                  attention counted as a fused kernel keeps it (q, k, v, output, log-sum-exp: what flash and
+                  memory-efficient attention save on a GPU; the meta device itself would decompose attention
+                  and keep every attention matrix). Weights, the optimiser and the transient working memory of
+                  the backward pass come on top, so a GPU's peak is higher (measured on an H200 at d401026 with
+                  checkpointing: 7.9 / 19.6 GiB peak at M = 4 / 12, where this counts 3.3 / 10.0 GiB saved).
+
+    python scripts/count_train_work.py                   # M = 4, 12, 21 at B = 6, bf16
+    python scripts/count_train_work.py --m 12 --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from noiseclr_lab.perf import count_step_flops
+
+
+class _FusedAttention(torch.autograd.Function):
+    """What a fused attention kernel keeps for its backward pass: q, k, v, the output and the log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, *_ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fused(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    return _FusedAttention.apply(q, k, v)
+
+
+def sd15_on_meta(dtype: torch.dtype):
+    """SD 1.5's UNet (in ``dtype``) and CLIP text encoder (fp32, as the trainer keeps it), on the meta device."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                    block_out_channels=(320, 640, 1280, 1280)).to(dtype)
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                          num_hidden_layers=12, projection_dim=768))
+    unet.requires_grad_(False)
+    te.requires_grad_(False)
+    te.get_input_embeddings().weight.requires_grad_(True)  # the direction rows live in this table
+    return unet, te
+
+
+def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | None = None):
+    """The trainer's batched step (``Trainer.loss_for``) in shapes: returns a callable running it once; with
+    ``saved`` (a one-element list) the bytes of the activations kept for the backward pass are added to it."""
+    side = int(unet.config.sample_size)
+
+    def run():
+        z = torch.empty(b, 4, side, side, device="meta", dtype=dtype)
+        t = torch.zeros(1, dtype=torch.long, device="meta")
+        empty = torch.empty(1, 77, 768, device="meta", dtype=dtype)
+        with torch.no_grad():
+            u = unet(z, t, encoder_hidden_states=empty.expand(b, -1, -1)).sample
+        emb = te(torch.zeros(m, 77, dtype=torch.long, device="meta"))[0].to(dtype)
+        seen = {p.untyped_storage()._cdata for p in (*unet.parameters(), *te.parameters())}
+
+        def pack(x):
+            key = x.untyped_storage()._cdata
+            if saved is not None and key not in seen:
+                seen.add(key)
+                saved[0] += x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            eps = unet(z.repeat(m, 1, 1, 1), t, encoder_hidden_states=emb.repeat_interleave(b, 0)).sample
+        ((eps.unflatten(0, (m, b)).float() - u.float()[None]) ** 2).mean().backward()
+
+    return run
+
+
+def count(ms: list[int], b: int, dtype: torch.dtype) -> list[dict]:
+    """Per M: model and recomputed TFLOP (attention as the flop counter counts a fused kernel) and the GiB saved
+    for the backward pass without and with gradient checkpointing (attention as a fused kernel keeps it)."""
+    import torch.nn.functional as F
+
+    unet, te = sd15_on_meta(dtype)
+    rows = []
+    for m in ms:
+        row = {"M": m, "B": b}
+        for ckpt in (False, True):
+            if ckpt:
+                unet.enable_gradient_checkpointing()
+                unet.train()
+            else:
+                unet.disable_gradient_checkpointing()
+            key = "ckpt" if ckpt else "no_ckpt"
+            model, recomputed = count_step_flops(batched_step(unet, te, m, b, dtype), [unet, te])
+            row |= {"model_tflop": model / 1e12, f"recomputed_tflop_{key}": recomputed / 1e12}
+            saved = [0]
+            sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused
+            try:
+                batched_step(unet, te, m, b, dtype, saved)()
+            finally:
+                F.scaled_dot_product_attention = sdpa
+            row[f"saved_gib_{key}"] = saved[0] / 2**30
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--m", default="4,12,21", help="directions per step, comma-separated")
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="the UNet's dtype")
+    args = p.parse_args(argv)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    rows = count([int(x) for x in args.m.split(",")], args.batch_size, dtype)
+    print(f"SD 1.5 architecture, batched step, B={args.batch_size}, UNet {args.dtype}, counted on the meta device")
+    print(f"{'M':>3} {'model TFLOP':>12} {'recomputed':>11} {'HFU/MFU':>8} {'saved GiB, no ckpt':>19} {'with ckpt':>10}")
+    for r in rows:
+        rec = r["recomputed_tflop_ckpt"]
+        print(f"{r['M']:>3} {r['model_tflop']:>12.2f} {rec:>11.2f} {1 + rec / r['model_tflop']:>8.3f} "
+              f"{r['saved_gib_no_ckpt']:>19.1f} {r['saved_gib_ckpt']:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
