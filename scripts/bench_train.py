@@ -40,7 +40,6 @@ from noiseclr_lab.perf import COMPILE_MODES, count_step_flops, peak_tflops
 from noiseclr_lab.perf import mfu as perf_mfu
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
-
 SCHEDULES = ("batched", "official", "release")
 
 

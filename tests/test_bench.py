@@ -150,9 +150,8 @@ def test_cpu_attention_counts_as_on_a_gpu():
 def test_count_train_work_on_the_meta_device():
     """SD 1.5's step counted in shapes only: checkpointing recomputes about a third more and
     keeps far fewer activations; the real attention function is put back."""
-    import torch.nn.functional as F
-
     import count_train_work
+    import torch.nn.functional as F
 
     sdpa = F.scaled_dot_product_attention
     (one,) = count_train_work.count([1], 1, torch.bfloat16)
