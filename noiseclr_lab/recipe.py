@@ -35,6 +35,10 @@ class Recipe:
     inversion: str = "ddim"  # ddim, null-text or null-text-p2p
     bank_hash: str | None = None  # the bank's content hash when the recipe was made (checked on replay)
     image_sha256: str | None = None  # the image file's hash (checked on replay)
+    # the edits as they resolved when the recipe was made: {token: {"scale": absolute scale, "window": [start, end)}}
+    # (filled by workflows.apply_recipe; on replay the edits must resolve the same, so that a label moved to
+    # another direction or a calibrated scale changed by a later analyze is refused, not silently applied)
+    resolved: dict[str, dict] | None = None
 
     def __post_init__(self):
         if not isinstance(self.edits, dict) or not self.edits:
@@ -61,6 +65,14 @@ class Recipe:
         if self.steps < 1 or not 0 <= self.edit_start < self.steps:
             raise NoiseCLRLabError(f"A recipe needs steps >= 1 and 0 <= edit_start < steps, got {self.steps} and "
                                    f"{self.edit_start}.")
+        if self.resolved is not None:
+            try:
+                self.resolved = {str(t): {"scale": float(e["scale"]), "window": [int(e["window"][0]), int(e["window"][1])]}
+                                 for t, e in self.resolved.items()}
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+                raise NoiseCLRLabError(f"A recipe's resolved edits are malformed ({type(e).__name__}: {e}).") from e
+            if not all(math.isfinite(e["scale"]) for e in self.resolved.values()):
+                raise NoiseCLRLabError("A recipe's resolved scales must be finite numbers.")
         if self.inversion not in ("ddim", "null-text", "null-text-p2p"):
             raise NoiseCLRLabError(f"Unknown inversion {self.inversion!r}; use ddim, null-text or null-text-p2p.")
 

@@ -7,6 +7,7 @@ long loops.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -471,6 +472,35 @@ class EditResult:
     notes: list[str]  # what was done to a real image before inversion
 
 
+def check_recipe(recipe: Recipe) -> DirectionBank:
+    """Everything a replay checks before any model loads; returns the recipe's bank. The bank must be the one
+    the recipe was made with (content hash), its edits must resolve as they did then (the same directions at
+    the same absolute scales and windows: ``recipe.resolved``, recorded here on a recipe's first use) and an
+    image must be the same file."""
+    from noiseclr_lab.recipe import file_sha256
+
+    bank = DirectionBank.load(recipe.bank)
+    if recipe.bank_hash and bank.content_hash() != recipe.bank_hash:
+        raise NoiseCLRLabError(f"{recipe.bank} changed since the recipe was made (its directions differ); the edit "
+                               "would not be the same.")
+    # names, windows and calibrated scales are checked as the pipeline will resolve them, before any model loads
+    spec = resolve_edits(bank, recipe.edits, recipe.windows, recipe.steps, recipe.edit_start, recipe.calibrated)
+    now = {tok: {"scale": float(e["scale"]), "window": [int(e["window"][0]), int(e["window"][1])]}
+           for tok, e in spec.items()}
+    if recipe.resolved is None:  # a new recipe (or one saved before the record existed): record what it applies
+        recipe.resolved = now
+    elif not _same_edits(recipe.resolved, now):
+        raise NoiseCLRLabError(f"The recipe's edits resolve differently with {recipe.bank} as it is now "
+                               f"({_said(recipe.resolved)} when it was made, {_said(now)} now: a label or a calibrated "
+                               "scale changed since); the edit would not be the same, so make it anew.")
+    if recipe.image is not None:
+        if not Path(recipe.image).is_file():
+            raise NoiseCLRLabError(f"The recipe's image {recipe.image} does not exist.")
+        if recipe.image_sha256 and file_sha256(recipe.image) != recipe.image_sha256:
+            raise NoiseCLRLabError(f"{recipe.image} changed since the recipe was made.")
+    return bank
+
+
 def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: bool = True) -> EditResult:
     """The image a recipe describes: its directions applied to a seed's image or to a real image (inverted
     with DDIM or null-text). ``pipe``: an already loaded pipeline of ``recipe.model`` (the dashboard keeps one);
@@ -479,19 +509,8 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
 
     from noiseclr_lab.editing import invert
     from noiseclr_lab.editing.inversion import p2p_args
-    from noiseclr_lab.recipe import file_sha256
 
-    bank = DirectionBank.load(recipe.bank)
-    if recipe.bank_hash and bank.content_hash() != recipe.bank_hash:
-        raise NoiseCLRLabError(f"{recipe.bank} changed since the recipe was made (its directions differ); the edit "
-                               "would not be the same.")
-    # names, windows and calibrated scales are checked as the pipeline will resolve them, before any model loads
-    resolve_edits(bank, recipe.edits, recipe.windows, recipe.steps, recipe.edit_start, recipe.calibrated)
-    if recipe.image is not None:
-        if not Path(recipe.image).is_file():
-            raise NoiseCLRLabError(f"The recipe's image {recipe.image} does not exist.")
-        if recipe.image_sha256 and file_sha256(recipe.image) != recipe.image_sha256:
-            raise NoiseCLRLabError(f"{recipe.image} changed since the recipe was made.")
+    bank = check_recipe(recipe)
     if pipe is None:
         pipe = load_pipeline(recipe.model, device=device, dtype=dtype)
     ep = EditPipeline(pipe, bank)
@@ -505,6 +524,16 @@ def apply_recipe(recipe: Recipe, pipe=None, device=None, dtype=None, progress: b
              guidance_rescale=recipe.guidance_rescale)
     return EditResult(image=out.images[0], recipe=recipe, edits=out.edits,
                       notes=list(inversion.notes) if inversion is not None else [])
+
+
+def _same_edits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[t]["window"] == b[t]["window"] and math.isclose(a[t]["scale"], b[t]["scale"], rel_tol=1e-9, abs_tol=1e-12)
+        for t in a)
+
+
+def _said(edits: dict) -> str:
+    return ", ".join(f"{t}={e['scale']:+.4g} on steps [{e['window'][0]}, {e['window'][1]})" for t, e in edits.items())
 
 
 def preview_strip_path(run: str | os.PathLike | RunDir, token: str,

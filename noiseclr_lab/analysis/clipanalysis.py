@@ -84,7 +84,7 @@ def analyze_bank(pipe, bank: DirectionBank, clip: ClipModel, vocab: Vocabulary, 
         calibration_target: the shrunk attribute change a calibrated scale should reach (``calibrated_scales``).
     Returns:
         A JSON-ready dict: "attributes", "groups", "scales", "lpips" and one entry per direction (see
-        docs/design.md, "analysis.json").
+        docs/design.md, "Run folder", analysis.json).
     """
     reader = ClipReader(clip, vocab, cache_dir=text_cache)
     ep = EditPipeline(pipe, bank)

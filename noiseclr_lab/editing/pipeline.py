@@ -1,4 +1,4 @@
-"""Apply and compose NoiseCLR directions while sampling (docs/design.md, "Editing").
+"""Apply and compose NoiseCLR directions while sampling (docs/design.md, "Method", its paragraph "Editing").
 
 Notation (per denoising step i at timestep t, latents z of B images):
 
