@@ -2,8 +2,9 @@
 
 MFU = (FLOPs the work needs, counted by ``torch.utils.flop_counter``) / seconds / the chip's dense bf16/fp16
 tensor-core peak. A forward pass that gradient checkpointing runs again in the backward pass is not work the
-step needs: ``count_step_flops`` counts it apart (with it, the ratio is the hardware FLOPs utilisation, HFU). The peak is known for the GPUs below (by name); elsewhere MFU is None and only the achieved
-FLOP rate is reported.
+step needs: ``count_step_flops`` counts it apart (with it, the ratio is the hardware FLOPs utilisation, HFU).
+The peak is known for the GPUs below (by name); elsewhere MFU is None and only the achieved FLOP rate is
+reported.
 """
 
 from __future__ import annotations
