@@ -48,8 +48,11 @@ def _count_cpu_attention() -> None:
     for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
                           ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
         op = getattr(aten, name, None)
-        if op is not None and op not in fc.flop_registry and op.default not in fc.flop_registry:
-            fc.register_flop_formula(op)(formula)
+        try:  # torch versions without the op (before 2.3) or without these flop_counter internals: count as before
+            if op is not None and op not in fc.flop_registry and op.default not in fc.flop_registry:
+                fc.register_flop_formula(op)(formula)
+        except (AttributeError, TypeError, RuntimeError):
+            return
 
 
 def count_flops(fn: Callable[[], object]) -> float:

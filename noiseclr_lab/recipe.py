@@ -14,7 +14,8 @@ from pathlib import Path
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import read_json, write_json_atomic
 
-RECIPE_SCHEMA = "noiseclr_lab.recipe/1"
+RECIPE_SCHEMA = "noiseclr_lab.recipe/2"  # 2 added ``resolved``; a version that knows only 1 refuses it by its schema
+READ_SCHEMAS = ("noiseclr_lab.recipe/1", RECIPE_SCHEMA)  # /1 recipes load without ``resolved`` (recorded on replay)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "recipe") -> Recipe:
-        if not isinstance(data, dict) or data.get("schema") != RECIPE_SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") not in READ_SCHEMAS:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise NoiseCLRLabError(f"{source} is not a {RECIPE_SCHEMA} recipe (schema {found!r}).")
         known = {f.name for f in fields(cls)}

@@ -7,12 +7,12 @@ on any machine. For each M (directions per step) at batch B it prints:
                   to the direction embeddings, the text encoder): MFU's numerator;
   recomputed      what gradient checkpointing runs again in the backward pass (HFU adds it; the two differ by
                   that factor, e.g. about 1.34x at M=12, B=6);
-  saved GiB       the activations autograd keeps for the backward pass, with and without checkpointing, with
-                  attention counted as a fused kernel keeps it (q, k, v, output, log-sum-exp: what flash and
-                  memory-efficient attention save on a GPU; the meta device itself would decompose attention
-                  and keep every attention matrix). Weights, the optimiser and the transient working memory of
-                  the backward pass come on top, so a GPU's peak is higher (measured on an H200 at d401026 with
-                  checkpointing: 7.9 / 19.6 GiB peak at M = 4 / 12, where this counts 3.3 / 10.0 GiB saved).
+  saved GiB       the activations autograd keeps for the backward pass (UNet and text encoder), with and
+                  without checkpointing. Attention goes through the fused memory-efficient kernel's op, as on
+                  a GPU (it keeps q, k, v, the output and the log-sum-exp; the meta device would otherwise
+                  decompose attention, keep every attention matrix and count its backward at 2x the forward
+                  instead of 2.5x). Weights, the optimiser and the transient working memory of the backward
+                  pass come on top, so a GPU's peak is higher (see README, "Benchmarks").
 
     python scripts/count_train_work.py                   # M = 4, 12, 21 at B = 6, bf16
     python scripts/count_train_work.py --m 12 --batch-size 4
@@ -27,27 +27,17 @@ import torch
 from noiseclr_lab.perf import count_step_flops
 
 
-class _FusedAttention(torch.autograd.Function):
-    """What a fused attention kernel keeps for its backward pass: q, k, v, the output and the log-sum-exp."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out = torch.empty_like(q)
-        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, *_ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
 def _fused(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-    return _FusedAttention.apply(q, k, v)
+    """Attention through the memory-efficient fused kernel's op, as on a GPU (the meta device would otherwise
+    decompose it into matrix products, which keep every attention matrix and whose backward the flop counter
+    counts at 2x the forward instead of the fused kernels' 2.5x)."""
+    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, True, dropout_p, is_causal,
+                                                                   scale=scale)[0]
 
 
 def sd15_on_meta(dtype: torch.dtype):
-    """SD 1.5's UNet (in ``dtype``) and CLIP text encoder (fp32, as the trainer keeps it), on the meta device."""
+    """SD 1.5's UNet and CLIP text encoder in ``dtype`` (the trainer loads the pipeline in its mixed-precision
+    dtype), on the meta device."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -55,7 +45,7 @@ def sd15_on_meta(dtype: torch.dtype):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
                                     block_out_channels=(320, 640, 1280, 1280)).to(dtype)
         te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                          num_hidden_layers=12, projection_dim=768))
+                                          num_hidden_layers=12, projection_dim=768)).to(dtype)
     unet.requires_grad_(False)
     te.requires_grad_(False)
     te.get_input_embeddings().weight.requires_grad_(True)  # the direction rows live in this table
@@ -73,7 +63,6 @@ def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | Non
         empty = torch.empty(1, 77, 768, device="meta", dtype=dtype)
         with torch.no_grad():
             u = unet(z, t, encoder_hidden_states=empty.expand(b, -1, -1)).sample
-        emb = te(torch.zeros(m, 77, dtype=torch.long, device="meta"))[0].to(dtype)
         seen = {p.untyped_storage()._cdata for p in (*unet.parameters(), *te.parameters())}
 
         def pack(x):
@@ -84,6 +73,7 @@ def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | Non
             return x
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            emb = te(torch.zeros(m, 77, dtype=torch.long, device="meta"))[0]
             eps = unet(z.repeat(m, 1, 1, 1), t, encoder_hidden_states=emb.repeat_interleave(b, 0)).sample
         ((eps.unflatten(0, (m, b)).float() - u.float()[None]) ** 2).mean().backward()
 
@@ -91,31 +81,31 @@ def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | Non
 
 
 def count(ms: list[int], b: int, dtype: torch.dtype) -> list[dict]:
-    """Per M: model and recomputed TFLOP (attention as the flop counter counts a fused kernel) and the GiB saved
-    for the backward pass without and with gradient checkpointing (attention as a fused kernel keeps it)."""
+    """Per M: model and recomputed TFLOP and the GiB kept for the backward pass without and with gradient
+    checkpointing, attention going through the fused memory-efficient kernel's op as on a GPU."""
     import torch.nn.functional as F
 
     unet, te = sd15_on_meta(dtype)
     rows = []
-    for m in ms:
-        row = {"M": m, "B": b}
-        for ckpt in (False, True):
-            if ckpt:
-                unet.enable_gradient_checkpointing()
-                unet.train()
-            else:
-                unet.disable_gradient_checkpointing()
-            key = "ckpt" if ckpt else "no_ckpt"
-            model, recomputed = count_step_flops(batched_step(unet, te, m, b, dtype), [unet, te])
-            row |= {"model_tflop": model / 1e12, f"recomputed_tflop_{key}": recomputed / 1e12}
-            saved = [0]
-            sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused
-            try:
+    sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused
+    try:
+        for m in ms:
+            row = {"M": m, "B": b}
+            for ckpt in (False, True):
+                if ckpt:
+                    unet.enable_gradient_checkpointing()
+                    unet.train()
+                else:
+                    unet.disable_gradient_checkpointing()
+                key = "ckpt" if ckpt else "no_ckpt"
+                model, recomputed = count_step_flops(batched_step(unet, te, m, b, dtype), [unet, te])
+                saved = [0]
                 batched_step(unet, te, m, b, dtype, saved)()
-            finally:
-                F.scaled_dot_product_attention = sdpa
-            row[f"saved_gib_{key}"] = saved[0] / 2**30
-        rows.append(row)
+                row |= {"model_tflop": model / 1e12, f"recomputed_tflop_{key}": recomputed / 1e12,
+                        f"saved_gib_{key}": saved[0] / 2**30}
+            rows.append(row)
+    finally:
+        F.scaled_dot_product_attention = sdpa
     return rows
 
 

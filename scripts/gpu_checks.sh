@@ -67,7 +67,7 @@ section edit 200 python3 scripts/bench_edit.py --model "$MODEL" --device "$DEVIC
     --compile "$COMPILE" --channels-last --json "$OUT/edit.json"
 # issue 20, training: M=12 (MFU target 45%) and M=21 (the paper's 1 + 20, peak memory target 24 GiB), with
 # gradient checkpointing (MFU counts the step's own FLOPs, HFU adds the recomputed forward passes: about
-# 1.34x more at M=12, B=6, counted on the meta device); the released way was timed at d401026 (3.2x / 4.4x)
+# 1.33x more at M=12, B=6, counted on the meta device); the released way was timed at d401026 (3.2x / 4.4x)
 section train 240 python3 scripts/bench_train.py throughput --model "$MODEL" --device "$DEVICE" \
     --mixed-precision bf16 --gradient-checkpointing $TRAIN_ARGS --compile "$COMPILE" --channels-last \
     --schedules batched,official --json "$OUT/train.json"

@@ -256,10 +256,14 @@ def test_exports_for_a1111_comfyui_load_in_diffusers(tiny_pipe, tmp_path):
 
 
 def test_export_file_names_keep_any_script_and_never_differ_only_by_case(tmp_path):
-    labels = ["lächeln", "笑顔", "Smile", "smile", "x" * 300]
-    bank = DirectionBank(torch.randn(5, 8), [f"<d{k}>" for k in range(5)], labels=labels)
+    labels = ["lächeln", "笑顔", "Smile", "smile", "x" * 300, "笑" * 100, "𠀀" * 100, "笑" * 100]
+    tokens = [f"<d{k}>" for k in range(7)] + ["<" + "𠀀" * 100 + ">"]
+    bank = DirectionBank(torch.randn(8, 8), tokens, labels=labels)
     names = [p.name for p in bank.export_embeddings(tmp_path, "a1111")]
     # "Smile" and "smile" would be one file on macOS / Windows: the second gets its token too
     assert names[:4] == ["lächeln.safetensors", "笑顔.safetensors", "Smile.safetensors", "smile_d3.safetensors"]
-    assert names[4] == "x" * 80 + ".safetensors"  # long labels are cut, not refused by the file system
+    # long labels are cut to 96 UTF-8 bytes between characters, not refused by the file system: 3-byte and
+    # 4-byte letters, and a clash whose token is as long
+    assert names[4:7] == ["x" * 96 + ".safetensors", "笑" * 32 + ".safetensors", "𠀀" * 24 + ".safetensors"]
+    assert names[7] == "笑" * 32 + "_" + "𠀀" * 23 + ".safetensors" and len(names[7].encode()) < 255 - 40
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)

@@ -83,3 +83,33 @@ def test_the_domain_of_a_bank_is_its_training_datas():
     assert bank_domain(bank(base_model="toy:faces", training_config={"data": "toy:scenes"})) == "scenes"
     assert bank_domain(bank(base_model="toy:faces", training_config={"data": "/data/faces"})) == "faces"
     assert bank_domain(bank(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")) is None
+
+
+def test_a_recipe_is_refused_when_its_names_or_calibrated_scales_resolve_differently(tmp_path):
+    """A label moved to another direction, or a calibrated scale changed by a later analyze, leaves the bank's
+    directions (its content hash) as they were: the recipe's record of what it applied catches both."""
+    from noiseclr_lab.directions import DirectionBank
+    from noiseclr_lab.recipe import Recipe
+    from noiseclr_lab.workflows import check_recipe
+
+    bank = DirectionBank(torch.randn(3, 8), ["<d1>", "<d2>", "<d3>"], labels=["smile", "", ""],
+                         calibrated_scales=[2.0, 2.5, 3.0])
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    recipe = Recipe(model="toy:faces", bank=str(path), edits={"smile": 2.0, "<d3>": -1.0}, calibrated=True, steps=15,
+                    edit_start=3, bank_hash=bank.content_hash())
+    assert check_recipe(recipe).tokens == bank.tokens  # a new recipe records what it applies
+    assert recipe.resolved == {"<d1>": {"scale": 4.0, "window": [3, 15]}, "<d3>": {"scale": -3.0, "window": [3, 15]}}
+    saved = Recipe.from_dict(recipe.as_dict())
+    check_recipe(saved)  # unchanged bank: the same
+    bank.calibrated_scales[2] = 3.5  # analyze again
+    bank.save(path)
+    with pytest.raises(NoiseCLRLabError, match=r"<d3>=-3 on steps \[3, 15\) when it was made, .*<d3>=-3.5 .* now"):
+        check_recipe(Recipe.from_dict(recipe.as_dict()))
+    bank.calibrated_scales[2], bank.labels[:2] = 3.0, ["", "smile"]  # the label moved to another direction
+    bank.save(path)
+    assert bank.content_hash() == recipe.bank_hash
+    with pytest.raises(NoiseCLRLabError, match="resolve differently"):
+        check_recipe(Recipe.from_dict(recipe.as_dict()))
+    with pytest.raises(NoiseCLRLabError, match="resolved edits are malformed"):
+        Recipe.from_dict(recipe.as_dict() | {"resolved": {"<d1>": {"scale": 1.0}}})

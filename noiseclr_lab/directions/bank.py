@@ -38,13 +38,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
 EXPORT_FORMATS = ("a1111", "comfyui", "diffusers-ti")
 
 
-FILE_STEM_CHARS = 80  # a label's file name is cut here (file systems allow 255 bytes; UTF-8 takes up to 4 a character)
+FILE_STEM_BYTES = 96  # a stem is cut to this many UTF-8 bytes: file systems allow 255 a name, and an export's
+# name can hold two stems ("<label>_<token>") plus ".safetensors" and the atomic write's temporary suffix
 
 
 def _file_stem(name: str) -> str:
     """A file-name-safe version of a token or label ("<d3>" -> "d3", "hair=red (+)" -> "hair_red",
-    "lächeln" -> "lächeln": letters and digits of any script are kept, NFC-normalised)."""
-    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", name))[:FILE_STEM_CHARS]
+    "lächeln" -> "lächeln": letters and digits of any script are kept, NFC-normalised), at most
+    ``FILE_STEM_BYTES`` bytes in UTF-8 (cut between characters)."""
+    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", name))
+    stem = stem.encode()[:FILE_STEM_BYTES].decode(errors="ignore")  # a character cut in two is dropped whole
     return stem.strip("_.") or "direction"
 
 
