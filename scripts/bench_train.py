@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from noiseclr_lab.perf import COMPILE_MODES, count_step_flops, peak_tflops
+from noiseclr_lab.perf import COMPILE_MODES, count_flops, count_step_flops, peak_tflops
 from noiseclr_lab.perf import mfu as perf_mfu
 from noiseclr_lab.training import TrainConfig, Trainer, load_preset
 
@@ -49,14 +49,17 @@ def _trainer(args, schedule: str, m: int, out: str) -> Trainer:
                       steps=10**6, num_images=max(64, args.batch_size), mixed_precision=args.mixed_precision,
                       gradient_checkpointing=args.gradient_checkpointing, device=args.device or "",
                       checkpoint_every=0, cache_dir=args.cache_dir, compile=args.compile,
-                      channels_last=args.channels_last)
+                      channels_last=args.channels_last, direction_chunk=args.direction_chunk)
     return Trainer(cfg)
 
 
 def _step(trainer: Trainer, step: int) -> torch.Tensor:
     """One optimiser step as ``Trainer.run`` takes it (no host sync: the loss stays on the device)."""
-    loss = trainer.loss_for(trainer.draw(step, 0))
-    trainer.acc.backward(loss)
+    if trainer.cfg.direction_chunk:
+        loss = trainer.backward_chunked(trainer.draw(step, 0), 1.0)
+    else:
+        loss = trainer.loss_for(trainer.draw(step, 0))
+        trainer.acc.backward(loss)
     trainer.opt.step()
     trainer.opt.zero_grad(set_to_none=True)
     trainer.constrain()
@@ -72,7 +75,21 @@ def _flops_per_step(step, trainer: Trainer | None = None) -> tuple[float, float]
         return count_step_flops(lambda: step(10**5), models)
     fn, trainer.unet_fn = trainer.unet_fn, trainer.pipe.unet
     try:
-        return count_step_flops(lambda: step(10**5), models)
+        model, recomputed = count_step_flops(lambda: step(10**5), models)
+        k = trainer.cfg.direction_chunk
+        if k:  # gradient caching runs every edited estimate once more without autograd: recomputation too
+            draw = trainer.draw(10**5, 0)
+            zt, t, _ = trainer._noised(draw)
+            dirs = draw["dirs"].to(trainer.acc.device)
+
+            def again():
+                with torch.no_grad():
+                    for i in range(0, len(dirs), k):
+                        trainer._eps(zt, t, dirs[i : i + k])
+
+            extra = count_flops(again)
+            model, recomputed = model - extra, recomputed + extra
+        return model, recomputed
     finally:
         trainer.unet_fn = fn
 
@@ -175,10 +192,12 @@ def throughput(args) -> list[dict]:
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = peak_tflops("cuda") if cuda else None
     print(f"device {name}, model {args.model}, B={args.batch_size}, mixed precision {args.mixed_precision}, "
-          f"gradient checkpointing {args.gradient_checkpointing}, compile {args.compile} (ours), channels_last "
+          f"gradient checkpointing {args.gradient_checkpointing}, direction chunk {args.direction_chunk} (ours), "
+          f"compile {args.compile} (ours), channels_last "
           f"{args.channels_last} (ours), torch {torch.__version__}")
     print(f"{'M':>3} {'schedule':>9} {'s/step':>8} {'edits/s':>9} {'peak GiB':>9} {'TFLOP/s':>8} {'MFU':>6} {'HFU':>6}"
-          "   (TFLOP/s and MFU: the step's own FLOPs; HFU: with the forward passes gradient checkpointing repeats)")
+          "   (TFLOP/s and MFU: the step's own FLOPs; HFU: with the forward passes gradient checkpointing or "
+          "direction chunks repeat)")
     for m in [int(x) for x in args.m.split(",")]:
         res = {}
         for who in schedules:
@@ -329,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--direction-chunk", type=int, default=0,
+                   help="our trainer's gradient caching over directions (TrainConfig.direction_chunk; 0: off)")
     p.add_argument("--compile", default="no", choices=COMPILE_MODES,
                    help="torch.compile mode of our trainer's UNet (the released way runs as released)")
     p.add_argument("--channels-last", action="store_true", help="our trainer's UNet and latents in NHWC")

@@ -16,6 +16,7 @@ on any machine. For each M (directions per step) at batch B it prints:
 
     python scripts/count_train_work.py                   # M = 4, 12, 21 at B = 6, bf16
     python scripts/count_train_work.py --m 12 --batch-size 4
+    python scripts/count_train_work.py --m 21 --chunk 3        # with gradient caching over 3 directions
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import argparse
 
 import torch
 
-from noiseclr_lab.perf import count_step_flops
+from noiseclr_lab.perf import count_flops, count_step_flops
 
 
 def _fused(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
@@ -64,11 +65,13 @@ def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | Non
         with torch.no_grad():
             u = unet(z, t, encoder_hidden_states=empty.expand(b, -1, -1)).sample
         seen = {p.untyped_storage()._cdata for p in (*unet.parameters(), *te.parameters())}
+        held = []  # every counted tensor stays referenced, so no storage address is reused within the pass
 
         def pack(x):
             key = x.untyped_storage()._cdata
             if saved is not None and key not in seen:
                 seen.add(key)
+                held.append(x)
                 saved[0] += x.untyped_storage().nbytes()
             return x
 
@@ -80,9 +83,19 @@ def batched_step(unet, te, m: int, b: int, dtype: torch.dtype, saved: list | Non
     return run
 
 
-def count(ms: list[int], b: int, dtype: torch.dtype) -> list[dict]:
+def _estimates(unet, te, m: int, b: int, dtype: torch.dtype) -> None:
+    """The edited rows' forward pass without autograd (what gradient caching runs in addition)."""
+    side = int(unet.config.sample_size)
+    with torch.no_grad():
+        emb = te(torch.zeros(m, 77, dtype=torch.long, device="meta"))[0]
+        unet(torch.empty(m * b, 4, side, side, device="meta", dtype=dtype), torch.zeros(1, dtype=torch.long, device="meta"),
+             encoder_hidden_states=emb.repeat_interleave(b, 0))
+
+
+def count(ms: list[int], b: int, dtype: torch.dtype, chunk: int = 0) -> list[dict]:
     """Per M: model and recomputed TFLOP and the GiB kept for the backward pass without and with gradient
-    checkpointing, attention going through the fused memory-efficient kernel's op as on a GPU."""
+    checkpointing, attention going through the fused memory-efficient kernel's op as on a GPU; with ``chunk``
+    also what gradient caching over directions (``TrainConfig.direction_chunk``) keeps: one chunk's."""
     import torch.nn.functional as F
 
     unet, te = sd15_on_meta(dtype)
@@ -103,6 +116,12 @@ def count(ms: list[int], b: int, dtype: torch.dtype) -> list[dict]:
                 batched_step(unet, te, m, b, dtype, saved)()
                 row |= {"model_tflop": model / 1e12, f"recomputed_tflop_{key}": recomputed / 1e12,
                         f"saved_gib_{key}": saved[0] / 2**30}
+                if chunk:  # the chunked step keeps one chunk's activations at a time (and the u call's none)
+                    saved = [0]
+                    batched_step(unet, te, min(chunk, m), b, dtype, saved)()
+                    row[f"saved_gib_chunk_{key}"] = saved[0] / 2**30
+            if chunk:  # ... and runs every edited row once more, without autograd
+                row["chunk_extra_tflop"] = count_flops(lambda m=m: _estimates(unet, te, m, b, dtype)) / 1e12
             rows.append(row)
     finally:
         F.scaled_dot_product_attention = sdpa
@@ -114,15 +133,26 @@ def main(argv=None) -> int:
     p.add_argument("--m", default="4,12,21", help="directions per step, comma-separated")
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="the UNet's dtype")
+    p.add_argument("--chunk", type=int, default=0,
+                   help="also the activations kept with gradient caching over chunks of this many directions")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    rows = count([int(x) for x in args.m.split(",")], args.batch_size, dtype)
+    rows = count([int(x) for x in args.m.split(",")], args.batch_size, dtype, args.chunk)
     print(f"SD 1.5 architecture, batched step, B={args.batch_size}, UNet {args.dtype}, counted on the meta device")
-    print(f"{'M':>3} {'model TFLOP':>12} {'recomputed':>11} {'HFU/MFU':>8} {'saved GiB, no ckpt':>19} {'with ckpt':>10}")
+    chunked = f" {'chunk ' + str(args.chunk) + ', no ckpt':>17} {'with ckpt':>10}" if args.chunk else ""
+    print(f"{'M':>3} {'model TFLOP':>12} {'recomputed':>11} {'HFU/MFU':>8} {'saved GiB, no ckpt':>19} {'with ckpt':>10}"
+          + chunked)
     for r in rows:
         rec = r["recomputed_tflop_ckpt"]
-        print(f"{r['M']:>3} {r['model_tflop']:>12.2f} {rec:>11.2f} {1 + rec / r['model_tflop']:>8.3f} "
-              f"{r['saved_gib_no_ckpt']:>19.1f} {r['saved_gib_ckpt']:>10.1f}")
+        line = (f"{r['M']:>3} {r['model_tflop']:>12.2f} {rec:>11.2f} {1 + rec / r['model_tflop']:>8.3f} "
+                f"{r['saved_gib_no_ckpt']:>19.1f} {r['saved_gib_ckpt']:>10.1f}")
+        if args.chunk:
+            line += f" {r['saved_gib_chunk_no_ckpt']:>17.1f} {r['saved_gib_chunk_ckpt']:>10.1f}"
+        print(line)
+    if args.chunk:
+        print("gradient caching runs the edited rows' forward pass once more: "
+              + ", ".join(f"{r['chunk_extra_tflop']:.2f} TFLOP at M={r['M']}" for r in rows)
+              + " (recomputed work, as checkpointing's; with both, the two add)")
     return 0
 
 

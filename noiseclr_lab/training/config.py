@@ -68,6 +68,10 @@ class TrainConfig:
     # averaged: the released code's objective, for exact reproduction); the same on one process
     mixed_precision: str = "no"  # accelerate mixed precision: no, fp16, bf16
     gradient_checkpointing: bool = False  # UNet activation checkpointing (saves memory, costs time)
+    direction_chunk: int = 0  # > 0: gradient caching over directions: every edit is computed once without
+    # autograd, the loss's gradient taken on them, then this many directions at a time again with autograd and
+    # their backward pass: memory of one chunk's activations whatever M is, for one more forward pass (as
+    # gradient checkpointing); the same gradient. 0: all M at once. One process, no fp16 (bf16 is fine)
     compile: str = "no"  # torch.compile of the UNet: no, default, reduce-overhead (+ CUDA graphs), max-autotune,
     # aot-eager (traced, no code generated: checks in seconds that the step compiles) (noiseclr_lab.perf.speed_up;
     # the same results up to rounding, faster on a GPU after a compile warm-up)
@@ -106,6 +110,9 @@ class TrainConfig:
             (self.tokens_per_iter >= 1, "tokens_per_iter must be positive"),
             (self.temperature > 0, "temperature must be positive"),
             (self.patch_grid >= 1, "patch_grid must be positive"),
+            (self.direction_chunk >= 0, "direction_chunk must be >= 0 (0: all directions at once)"),
+            (not (self.direction_chunk and self.mixed_precision == "fp16"),
+             "direction_chunk does not work with fp16 (its loss scaler); use bf16 or no mixed precision"),
             (self.lr > 0, "lr must be positive"),
             (self.strength_weight >= 0, "strength_weight must be >= 0 (0 turns it off)"),
             (self.strength_target > 0, "strength_target must be positive"),

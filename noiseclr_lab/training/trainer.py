@@ -156,6 +156,9 @@ class Trainer:
             raise NoiseCLRLabError(
                 f"--resume: the training data in {cfg.data} is not what the run was trained on ({self._trained_on}): "
                 "its files, sizes or modification times differ.")
+        if cfg.direction_chunk and acc.num_processes > 1:
+            raise NoiseCLRLabError("direction_chunk runs on one process only for now; train with one process or "
+                                   "without it (gradient checkpointing also saves memory).")
         global_b = cfg.batch_size * acc.num_processes
         if len(self.latents) < global_b or len(self.latents) < 2:
             raise NoiseCLRLabError(
@@ -300,6 +303,12 @@ class Trainer:
 
     def loss_for(self, draw: dict) -> torch.Tensor:
         """The loss of one micro-step on this process's slice (scaled so that DDP's gradient mean is exact)."""
+        zt, t, u = self._noised(draw)
+        dirs = draw["dirs"].to(self.acc.device)
+        return self._objective(self._eps(zt, t, dirs), u)
+
+    def _noised(self, draw: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This process's noised latents z_t (B, C, h, w), timesteps and unconditional estimate u (no autograd)."""
         acc, c = self.acc, self.cfg
         r, B = acc.process_index, c.batch_size
         sl = slice(r * B, (r + 1) * B)
@@ -316,17 +325,26 @@ class Trainer:
             u = unet(zt, t, encoder_hidden_states=self.empty.expand(B, -1, -1)).sample  # (B, C, h, w)
         if unet is not self.pipe.unet:  # compiled: under CUDA graphs the next call may reuse u's memory
             u = u.clone()
-        dirs = draw["dirs"].to(dev)
-        M = len(dirs)
-        with acc.autocast():
+        return zt, t, u
+
+    def _eps(self, zt: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+        """The UNet's estimate under each drawn direction: (M, B, C, h, w) (one call, or one per direction)."""
+        c, unet = self.cfg, self.unet_fn
+        B, M = zt.shape[0], len(dirs)
+        fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+        with self.acc.autocast():
             emb = self.encoder(self.direction_ids[dirs])  # (M, L, D)
             if c.schedule == "batched":
                 eps = unet(zt.repeat(M, 1, 1, 1).contiguous(memory_format=fmt), t,
                            encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
-                eps = eps.unflatten(0, (M, B))  # (M, B, C, h, w)
-            else:
-                eps = torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
-                                   for j in range(M)])
+                return eps.unflatten(0, (M, B))
+            return torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
+                                for j in range(M)])
+
+    def _objective(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The loss of the edits eps - u (eps (M, B, ...)) over this process's slice, or the gathered batch."""
+        acc, c = self.acc, self.cfg
+        r, B, M = acc.process_index, c.batch_size, eps.shape[0]
         edits = (eps.float() - u.float()[None]).transpose(0, 1)  # (B, M, C, h, w)
         if self.gathers:  # all-gather the edits; only this process's slice carries gradient
             gathered = acc.gather(edits.detach().contiguous())
@@ -338,6 +356,23 @@ class Trainer:
                 un = acc.gather(un.contiguous())
             loss = loss + c.strength_weight * strength_penalty(edits, un, c.strength_target)
         return loss
+
+    def backward_chunked(self, draw: dict, weight: float) -> torch.Tensor:
+        """``backward(loss_for(draw) * weight)`` by gradient caching over the directions (``direction_chunk``):
+        every estimate once without autograd, the loss's gradient with respect to them, then each chunk of
+        directions again with autograd, back-propagated with its share of that gradient. Returns the loss
+        (detached). The same gradient as the direct backward, up to rounding."""
+        k = self.cfg.direction_chunk
+        zt, t, u = self._noised(draw)
+        dirs = draw["dirs"].to(self.acc.device)
+        with torch.no_grad():
+            eps = torch.cat([self._eps(zt, t, dirs[i : i + k]) for i in range(0, len(dirs), k)])
+        eps.requires_grad_(True)
+        loss = self._objective(eps, u)
+        (grad,) = torch.autograd.grad(loss * weight, eps)
+        for i in range(0, len(dirs), k):
+            torch.autograd.backward(self._eps(zt, t, dirs[i : i + k]), grad[i : i + k])
+        return loss.detach()
 
     @property
     def gathers(self) -> bool:
@@ -405,8 +440,11 @@ class Trainer:
                 pg["lr"] = self.lr_at(step)
             total = torch.zeros((), device=acc.device)
             for micro in range(c.grad_accum):
-                loss = self.loss_for(self.draw(step, micro))
-                acc.backward(loss * self.loss_weight / c.grad_accum)
+                if c.direction_chunk:
+                    loss = self.backward_chunked(self.draw(step, micro), self.loss_weight / c.grad_accum)
+                else:
+                    loss = self.loss_for(self.draw(step, micro))
+                    acc.backward(loss * self.loss_weight / c.grad_accum)
                 total += loss.detach().float() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
