@@ -114,6 +114,9 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
                                log_with=log_with, project_dir=str(self.run_dir))
         acc = self.acc
+        if cfg.direction_chunk and acc.num_processes > 1:
+            raise NoiseCLRLabError("direction_chunk runs on one process only for now; train with one process or "
+                                   "without it (gradient checkpointing also saves memory).")
         self.start_step = 0
         self._trained_on = None  # on --resume of a run trained on a folder: the fingerprint of that data
         ck = None
@@ -156,9 +159,6 @@ class Trainer:
             raise NoiseCLRLabError(
                 f"--resume: the training data in {cfg.data} is not what the run was trained on ({self._trained_on}): "
                 "its files, sizes or modification times differ.")
-        if cfg.direction_chunk and acc.num_processes > 1:
-            raise NoiseCLRLabError("direction_chunk runs on one process only for now; train with one process or "
-                                   "without it (gradient checkpointing also saves memory).")
         global_b = cfg.batch_size * acc.num_processes
         if len(self.latents) < global_b or len(self.latents) < 2:
             raise NoiseCLRLabError(
