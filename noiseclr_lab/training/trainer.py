@@ -43,7 +43,7 @@ from noiseclr_lab.training.loss import noiseclr_loss, strength_penalty
 RESUMABLE_CHANGES = {"steps", "out", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
                      "cache_dir", "device", "validation_seeds", "validation_scale", "validation_steps",
                      "select", "select_clip", "select_scale", "select_seeds", "select_steps", "select_max_similarity",  # after
-                     "compile", "channels_last"}  # speed only
+                     "compile", "channels_last", "gradient_checkpointing", "direction_chunk"}  # speed / memory only
 
 
 class _SubstitutedEmbedding(nn.Module):
@@ -338,8 +338,13 @@ class Trainer:
                 eps = unet(zt.repeat(M, 1, 1, 1).contiguous(memory_format=fmt), t,
                            encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
                 return eps.unflatten(0, (M, B))
-            return torch.stack([unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
-                                for j in range(M)])
+            # without autograd a compiled call under CUDA graphs may overwrite the previous call's output: copied
+            copy = unet is not self.pipe.unet and not torch.is_grad_enabled()
+            outs = []
+            for j in range(M):
+                o = unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
+                outs.append(o.clone() if copy else o)
+            return torch.stack(outs)
 
     def _objective(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The loss of the edits eps - u (eps (M, B, ...)) over this process's slice, or the gathered batch."""
@@ -365,8 +370,10 @@ class Trainer:
         k = self.cfg.direction_chunk
         zt, t, u = self._noised(draw)
         dirs = draw["dirs"].to(self.acc.device)
+        copy = self.unet_fn is not self.pipe.unet  # compiled: under CUDA graphs the next call may reuse an output
         with torch.no_grad():
-            eps = torch.cat([self._eps(zt, t, dirs[i : i + k]) for i in range(0, len(dirs), k)])
+            eps = torch.cat([e.clone() if copy else e
+                             for e in (self._eps(zt, t, dirs[i : i + k]) for i in range(0, len(dirs), k))])
         eps.requires_grad_(True)
         loss = self._objective(eps, u)
         (grad,) = torch.autograd.grad(loss * weight, eps)
