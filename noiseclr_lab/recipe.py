@@ -68,8 +68,7 @@ class Recipe:
                                    f"{self.edit_start}.")
         if self.resolved is not None:
             try:
-                self.resolved = {str(t): {"scale": float(e["scale"]), "window": [int(e["window"][0]), int(e["window"][1])]}
-                                 for t, e in self.resolved.items()}
+                self.resolved = resolved_edits(self.resolved)
             except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
                 raise NoiseCLRLabError(f"A recipe's resolved edits are malformed ({type(e).__name__}: {e}).") from e
             if not all(math.isfinite(e["scale"]) for e in self.resolved.values()):
@@ -110,6 +109,13 @@ class Recipe:
                 if beside.exists():
                     setattr(recipe, name, str(beside))
         return recipe
+
+
+def resolved_edits(spec: dict) -> dict[str, dict]:
+    """{token: {"scale", "window", ...}} (``resolve_edits``' result, or a recipe's record of it) as a recipe
+    records it: {token: {"scale": float, "window": [start, end]}}."""
+    return {str(t): {"scale": float(e["scale"]), "window": [int(e["window"][0]), int(e["window"][1])]}
+            for t, e in spec.items()}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

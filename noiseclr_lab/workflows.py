@@ -477,16 +477,15 @@ def check_recipe(recipe: Recipe) -> DirectionBank:
     the recipe was made with (content hash), its edits must resolve as they did then (the same directions at
     the same absolute scales and windows: ``recipe.resolved``, recorded here on a recipe's first use) and an
     image must be the same file."""
-    from noiseclr_lab.recipe import file_sha256
+    from noiseclr_lab.recipe import file_sha256, resolved_edits
 
     bank = DirectionBank.load(recipe.bank)
     if recipe.bank_hash and bank.content_hash() != recipe.bank_hash:
         raise NoiseCLRLabError(f"{recipe.bank} changed since the recipe was made (its directions differ); the edit "
                                "would not be the same.")
     # names, windows and calibrated scales are checked as the pipeline will resolve them, before any model loads
-    spec = resolve_edits(bank, recipe.edits, recipe.windows, recipe.steps, recipe.edit_start, recipe.calibrated)
-    now = {tok: {"scale": float(e["scale"]), "window": [int(e["window"][0]), int(e["window"][1])]}
-           for tok, e in spec.items()}
+    now = resolved_edits(resolve_edits(bank, recipe.edits, recipe.windows, recipe.steps, recipe.edit_start,
+                                       recipe.calibrated))
     if recipe.resolved is None:  # a new recipe (or one saved before the record existed): record what it applies
         recipe.resolved = now
     elif not _same_edits(recipe.resolved, now):

@@ -55,15 +55,11 @@ def _trainer(args, schedule: str, m: int, out: str) -> Trainer:
 
 def _step(trainer: Trainer, step: int) -> torch.Tensor:
     """One optimiser step as ``Trainer.run`` takes it (no host sync: the loss stays on the device)."""
-    if trainer.cfg.direction_chunk:
-        loss = trainer.backward_chunked(trainer.draw(step, 0), 1.0)
-    else:
-        loss = trainer.loss_for(trainer.draw(step, 0))
-        trainer.acc.backward(loss)
+    loss = trainer.backward_micro(trainer.draw(step, 0), 1.0)
     trainer.opt.step()
     trainer.opt.zero_grad(set_to_none=True)
     trainer.constrain()
-    return loss.detach()
+    return loss
 
 
 def _flops_per_step(step, trainer: Trainer | None = None) -> tuple[float, float]:
@@ -76,18 +72,11 @@ def _flops_per_step(step, trainer: Trainer | None = None) -> tuple[float, float]
     fn, trainer.unet_fn = trainer.unet_fn, trainer.pipe.unet
     try:
         model, recomputed = count_step_flops(lambda: step(10**5), models)
-        k = trainer.cfg.direction_chunk
-        if k:  # gradient caching runs every edited estimate once more without autograd: recomputation too
+        if trainer.cfg.direction_chunk:  # gradient caching's pass without autograd: recomputation too
             draw = trainer.draw(10**5, 0)
             zt, t, _ = trainer._noised(draw)
             dirs = draw["dirs"].to(trainer.acc.device)
-
-            def again():
-                with torch.no_grad():
-                    for i in range(0, len(dirs), k):
-                        trainer._eps(zt, t, dirs[i : i + k])
-
-            extra = count_flops(again)
+            extra = count_flops(lambda: trainer.estimates_without_grad(zt, t, dirs))
             model, recomputed = model - extra, recomputed + extra
         return model, recomputed
     finally:

@@ -6,7 +6,7 @@ on any machine. For each M (directions per step) at batch B it prints:
   model TFLOP     the step's own work (the unedited no-grad call on B rows, the M*B-row call with its backward
                   to the direction embeddings, the text encoder): MFU's numerator;
   recomputed      what gradient checkpointing runs again in the backward pass (HFU adds it; the two differ by
-                  that factor, e.g. about 1.34x at M=12, B=6);
+                  that factor, e.g. about 1.33x at M=12, B=6);
   saved GiB       the activations autograd keeps for the backward pass (UNet and text encoder), with and
                   without checkpointing. Attention goes through the fused memory-efficient kernel's op, as on
                   a GPU (it keeps q, k, v, the output and the log-sum-exp; the meta device would otherwise
@@ -111,9 +111,8 @@ def count(ms: list[int], b: int, dtype: torch.dtype, chunk: int = 0) -> list[dic
                 else:
                     unet.disable_gradient_checkpointing()
                 key = "ckpt" if ckpt else "no_ckpt"
-                model, recomputed = count_step_flops(batched_step(unet, te, m, b, dtype), [unet, te])
-                saved = [0]
-                batched_step(unet, te, m, b, dtype, saved)()
+                saved = [0]  # one pass counts both: the saved-tensor hook sees the forward, the counter everything
+                model, recomputed = count_step_flops(batched_step(unet, te, m, b, dtype, saved), [unet, te])
                 row |= {"model_tflop": model / 1e12, f"recomputed_tflop_{key}": recomputed / 1e12,
                         f"saved_gib_{key}": saved[0] / 2**30}
                 if chunk:  # the chunked step keeps one chunk's activations at a time (and the u call's none)

@@ -301,10 +301,10 @@ class DirectionBank:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
+        taken: set[str] = set()  # casefolded names: "Smile" and "smile" are one file on macOS and Windows
         for k, (token, row) in enumerate(zip(self.tokens, self.embeddings)):
             stem = _file_stem(self.labels[k] or token)
             path = folder / f"{stem}.safetensors"
-            taken = {p.name.casefold() for p in paths}  # "Smile" and "smile" are one file on macOS and Windows
             if path.name.casefold() in taken:
                 path = folder / f"{stem}_{_file_stem(token)}.safetensors"
             if path.name.casefold() in taken:
@@ -315,6 +315,7 @@ class DirectionBank:
                     "exported_with": _version(), "format": fmt}
             save_safetensors_atomic({"emb_params": row[None]}, path, metadata={METADATA_KEY: json.dumps(meta)})
             paths.append(path)
+            taken.add(path.name.casefold())
         return paths
 
     def export_textual_inversion(self, folder: str | os.PathLike) -> list[Path]:

@@ -332,14 +332,14 @@ class Trainer:
         c, unet = self.cfg, self.unet_fn
         B, M = zt.shape[0], len(dirs)
         fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+        # without autograd a compiled call under CUDA graphs may overwrite the previous call's output: copied
+        copy = unet is not self.pipe.unet and not torch.is_grad_enabled()
         with self.acc.autocast():
             emb = self.encoder(self.direction_ids[dirs])  # (M, L, D)
             if c.schedule == "batched":
                 eps = unet(zt.repeat(M, 1, 1, 1).contiguous(memory_format=fmt), t,
                            encoder_hidden_states=emb.repeat_interleave(B, 0)).sample
-                return eps.unflatten(0, (M, B))
-            # without autograd a compiled call under CUDA graphs may overwrite the previous call's output: copied
-            copy = unet is not self.pipe.unet and not torch.is_grad_enabled()
+                return (eps.clone() if copy else eps).unflatten(0, (M, B))
             outs = []
             for j in range(M):
                 o = unet(zt, t, encoder_hidden_states=emb[j : j + 1].expand(B, -1, -1)).sample
@@ -362,6 +362,22 @@ class Trainer:
             loss = loss + c.strength_weight * strength_penalty(edits, un, c.strength_target)
         return loss
 
+    def backward_micro(self, draw: dict, weight: float) -> torch.Tensor:
+        """One micro-step: its loss back-propagated with ``weight``, directly or, with ``direction_chunk``, by
+        chunks (``backward_chunked``); returns the loss (detached). What ``run`` and the benchmarks call."""
+        if self.cfg.direction_chunk:
+            return self.backward_chunked(draw, weight)
+        loss = self.loss_for(draw)
+        self.acc.backward(loss * weight)
+        return loss.detach()
+
+    def estimates_without_grad(self, zt: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+        """``_eps`` for every direction, ``direction_chunk`` of them at a time, without autograd: the first pass
+        of gradient caching (M, B, C, h, w)."""
+        k = self.cfg.direction_chunk
+        with torch.no_grad():
+            return torch.cat([self._eps(zt, t, dirs[i : i + k]) for i in range(0, len(dirs), k)])
+
     def backward_chunked(self, draw: dict, weight: float) -> torch.Tensor:
         """``backward(loss_for(draw) * weight)`` by gradient caching over the directions (``direction_chunk``):
         every estimate once without autograd, the loss's gradient with respect to them, then each chunk of
@@ -370,11 +386,7 @@ class Trainer:
         k = self.cfg.direction_chunk
         zt, t, u = self._noised(draw)
         dirs = draw["dirs"].to(self.acc.device)
-        copy = self.unet_fn is not self.pipe.unet  # compiled: under CUDA graphs the next call may reuse an output
-        with torch.no_grad():
-            eps = torch.cat([e.clone() if copy else e
-                             for e in (self._eps(zt, t, dirs[i : i + k]) for i in range(0, len(dirs), k))])
-        eps.requires_grad_(True)
+        eps = self.estimates_without_grad(zt, t, dirs).requires_grad_(True)
         loss = self._objective(eps, u)
         (grad,) = torch.autograd.grad(loss * weight, eps)
         for i in range(0, len(dirs), k):
@@ -447,12 +459,8 @@ class Trainer:
                 pg["lr"] = self.lr_at(step)
             total = torch.zeros((), device=acc.device)
             for micro in range(c.grad_accum):
-                if c.direction_chunk:
-                    loss = self.backward_chunked(self.draw(step, micro), self.loss_weight / c.grad_accum)
-                else:
-                    loss = self.loss_for(self.draw(step, micro))
-                    acc.backward(loss * self.loss_weight / c.grad_accum)
-                total += loss.detach().float() / c.grad_accum
+                loss = self.backward_micro(self.draw(step, micro), self.loss_weight / c.grad_accum)
+                total += loss.float() / c.grad_accum
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.constrain()
