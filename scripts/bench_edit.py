@@ -4,6 +4,11 @@ achieved TFLOP/s of both (the same model FLOPs, counted once) and, on a known GP
 
     python scripts/bench_edit.py                          # toy model on this machine's CPU
     python scripts/bench_edit.py --model sd15-random --device cuda --dtype fp16   # full-size SD 1.5 UNet, random weights
+    python scripts/bench_edit.py --images 12 --directions 1 --steps 15 --no-cpu-split   # the CPU lever's share
+
+On the CPU the batched side splits each UNet call's rows over one worker thread per core (``cpu_split``, 32 rows
+and more); the official loop runs as released (torch's intra-op threads); ``--no-cpu-split`` turns the split
+off, so the two runs' batched columns give the lever's effect.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", default="no", choices=COMPILE_MODES,
                    help="torch.compile mode of the batched pipeline's UNet (the official loop runs as released)")
     p.add_argument("--channels-last", action="store_true", help="the batched pipeline's UNet in NHWC")
+    p.add_argument("--cpu-split", action=argparse.BooleanOptionalAction, default=True,
+                   help="on the CPU, split the batched side's UNet rows over worker threads (EditPipeline cpu_split)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     dev = pick_device(args.device)
@@ -63,9 +70,9 @@ def main(argv=None) -> int:
     counts = [int(c) for c in args.directions.split(",")]
     d = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     bank = DirectionBank.random(max(counts), d, std=0.4, tokenizer_fingerprint=tokenizer_fingerprint(pipe.tokenizer))
-    ref = EditPipeline(pipe, bank, mode="reference")  # the UNet is shared: with --channels-last the official loop
+    ref = EditPipeline(pipe, bank, mode="reference", cpu_split=False)  # the UNet is shared: with --channels-last the official loop
     # runs NHWC weights too (if anything that helps it); only the batched side is compiled
-    fast = EditPipeline(pipe, bank, compile=args.compile, channels_last=args.channels_last)
+    fast = EditPipeline(pipe, bank, compile=args.compile, channels_last=args.channels_last, cpu_split=args.cpu_split)
 
     def call(ep, m):
         gens = [torch.Generator().manual_seed(s) for s in range(args.images)]
@@ -89,7 +96,8 @@ def main(argv=None) -> int:
     rows = []
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"device {dev} ({gpu}, {dt}), model {args.model}, {args.steps} steps, {args.images} images per call, "
-          f"CFG {args.guidance}, compile {args.compile}, channels_last {args.channels_last}, torch {torch.__version__}")
+          f"CFG {args.guidance}, compile {args.compile}, channels_last {args.channels_last}, "
+          f"cpu_split {args.cpu_split and dev.type == 'cpu'} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print(f"{'directions':>10} {'batched img/s':>14} {'official img/s':>15} {'speed-up':>9} {'max |diff|':>11} "
           f"{'TFLOP/s b / o':>14} {'MFU b / o':>12}")
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
@@ -107,7 +115,8 @@ def main(argv=None) -> int:
               f"{flops * ips_fast / 1e12:>6.3f} / {flops * ips_ref / 1e12:<6.3f} {pct(mf):>5} / {pct(mr):<5}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": str(dev), "dtype": str(dt), "model": args.model, "rows": rows}, fh, indent=2)
+            json.dump({"device": str(dev), "dtype": str(dt), "model": args.model,
+                       "cpu_split": args.cpu_split and dev.type == "cpu", "rows": rows}, fh, indent=2)
     return 0
 
 

@@ -83,6 +83,72 @@ def test_unedited_matches_diffusers_and_zero_scale_is_identity(tiny_pipe, rescal
         assert not torch.allclose(edited, _run(ep, prompt="a face", edits={"<d1>": 4.0}), atol=1e-4)
 
 
+def test_split_parts_cover_the_rows_in_order():
+    from noiseclr_lab.perf import split_parts
+
+    assert split_parts(31, 2) == [(0, 31)]  # two parts of 16 do not fit: one call
+    assert split_parts(144, 1) == [(0, 144)]
+    assert split_parts(144, 2) == [(0, 36), (36, 72), (72, 108), (108, 144)]  # <= 48 rows, a multiple of 2 parts
+    assert len(split_parts(144, 16)) == 9  # no part under 16 rows
+    for n, w in [(32, 2), (50, 3), (97, 2), (500, 4), (40, 16)]:
+        parts = split_parts(n, w)
+        assert parts[0][0] == 0 and parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert all(16 <= b - a <= 48 for a, b in parts) and len(parts) % min(w, n // 16) == 0
+
+
+def test_cpu_split_runs_rows_on_worker_threads_without_autograd():
+    import threading
+
+    from noiseclr_lab.perf import split_rows
+
+    w = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(64, 8)
+    seen = []
+
+    def fn(a, b):
+        seen.append((threading.current_thread().name, torch.is_grad_enabled(), torch.get_num_threads()))
+        return x[a:b] @ w
+
+    out = split_rows(fn, 64, 2)
+    torch.testing.assert_close(out, (x @ w).detach())
+    assert not out.requires_grad and len(seen) == 2
+    assert all(name.startswith("noiseclr-rows") and not grad and threads == 1 for name, grad, threads in seen)
+    seen.clear()
+    split_rows(fn, 64, 1)  # one worker: the caller's own call
+    assert seen == [(threading.current_thread().name, True, torch.get_num_threads())]
+
+    def broken(a, b):
+        raise ValueError(f"rows {a}-{b}")
+
+    with pytest.raises(ValueError, match="rows"):
+        split_rows(broken, 64, 2)
+
+
+def test_cpu_split_changes_no_image(tiny_pipe):
+    """12 images x 3 terms = 36 UNet rows a step: split in two parts on 2 worker threads (pinned here)."""
+    import threading
+
+    bank = _bank(tiny_pipe)
+    before = torch.get_num_threads()
+    calls = []  # (thread name, rows) of every UNet call
+    hook = tiny_pipe.unet.register_forward_pre_hook(
+        lambda _m, args: calls.append((threading.current_thread().name, len(args[0]))))
+    torch.set_num_threads(2)
+    try:
+        kw = dict(prompt=["a face"] * 12, edits={"<d1>": [float(v) for v in range(-6, 6)]}, guidance_scale=5.0,
+                  generator=[_gen(i) for i in range(12)])
+        split = _run(EditPipeline(tiny_pipe, bank), **kw)
+        split_calls, calls[:] = list(calls), []
+        kw["generator"] = [_gen(i) for i in range(12)]
+        whole = _run(EditPipeline(tiny_pipe, bank, cpu_split=False), **kw)
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+    assert {rows for _, rows in split_calls} == {18} and all(n.startswith("noiseclr-rows") for n, _ in split_calls)
+    assert len(split_calls) == 2 * len(calls) and {rows for _, rows in calls} == {36}
+
+
 def test_windows(tiny_pipe):
     ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
     plain = _run(ep, prompt="a face")

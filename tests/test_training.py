@@ -235,9 +235,10 @@ def test_bad_datasets(cfg, tmp_path):
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_pipe_dir, tmp_path):
+    # no --device: on a machine without a (visible) GPU the processes must join on the CPU by themselves
     common = ["--model", str(tiny_pipe_dir), "--data", "toy:faces", "--directions", "4", "--directions-per-step", "3",
               "--steps", "3", "--num-images", "12", "--cache-dir", str(tmp_path / "cache"), "--lr", "0.01",
-              "--validation-steps", "2", "--validation-seeds", "1", "--device", "cpu"]
+              "--validation-steps", "2", "--validation-seeds", "1"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPU or not
     one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "4",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
@@ -247,6 +248,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_pipe_dir, tmp_p
                          capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     assert json.loads((tmp_path / "two" / "config.json").read_text())["provenance"]["num_processes"] == 2
+    logged = [json.loads(ln)["step"] for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [3]  # one process logs (each process training alone wrote its own line)
     a = DirectionBank.load(tmp_path / "one" / "directions.safetensors").embeddings
     b = DirectionBank.load(tmp_path / "two" / "directions.safetensors").embeddings
     init = DirectionBank.load(tmp_path / "one" / "initial_directions.safetensors").embeddings

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -111,9 +112,17 @@ class Trainer:
                 raise NoiseCLRLabError(f"Training runs on accelerate's device: for {cfg.device} set "
                                        f"CUDA_VISIBLE_DEVICES={cfg.device.split(':')[1]} and give --device cuda.")
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu",
-                               log_with=log_with, project_dir=str(self.run_dir))
+        # accelerate joins the processes of a CPU launch (gloo) only when told the run is on the CPU: without
+        # cpu=True each process of `torchrun` on a machine with no GPU trained alone, into the same run folder
+        cpu = cfg.device == "cpu" or (not cfg.device and pick_device(None).type == "cpu")
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=log_with,
+                               project_dir=str(self.run_dir))
         acc = self.acc
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and acc.num_processes != launched:
+            raise NoiseCLRLabError(f"This is one of {launched} launched processes (WORLD_SIZE) but accelerate joined "
+                                   f"{acc.num_processes}: they would train alone into one run folder. Launch with "
+                                   "`accelerate launch` or torchrun and the device every process can use.")
         if cfg.direction_chunk and acc.num_processes > 1:
             raise NoiseCLRLabError("direction_chunk runs on one process only for now; train with one process or "
                                    "without it (gradient checkpointing also saves memory).")
