@@ -10,6 +10,7 @@ reported.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -160,35 +161,47 @@ CPU_MIN_PART_ROWS = 16  # no part smaller: below it a part's Python overhead out
 _POOLS: dict = {}  # worker count -> ThreadPoolExecutor whose threads run one intra-op thread each
 
 
-CPU_SPLIT_ENV = "NOISECLR_LAB_CPU_SPLIT"  # "0" turns every CPU split off (editing, sweeps and training)
+CPU_SPLIT_ENV = "NOISECLR_LAB_CPU_SPLIT"  # "0" turns every CPU split off (editing and sweeps)
 
 
-def cpu_split_workers(device, enabled: bool = True) -> int:
-    """Worker threads ``split_rows`` uses for a call on ``device``: torch's intra-op thread count on the CPU
-    (1: no split) and 1 on any other device, when ``enabled`` is False or the environment says
-    ``NOISECLR_LAB_CPU_SPLIT=0``, and while a dispatch mode is active (a FLOP counter or a profiler mode is per
-    thread: it would not see the worker threads' work)."""
-    import os
-
+def _thread_state_blocks_split() -> bool:
+    """Whether the calling thread has state a worker thread would not inherit, so a split would change or hide
+    the work: autograd on (the parts would lose their graph), CPU autocast (they would run in fp32), a
+    dispatch or torch-function mode (a FLOP counter would not see them), or the profiler."""
     import torch
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+    profiler = getattr(torch.autograd.profiler, "_is_profiler_enabled", False)
+    return bool(torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or profiler
+                or _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled())
+
+
+def cpu_split_workers(device, enabled: bool = True) -> int:
+    """Worker threads ``split_rows`` may use for a call on ``device`` from this thread now: torch's intra-op
+    thread count on the CPU; 1 (no split) on any other device, when ``enabled`` is False, when the
+    environment says ``NOISECLR_LAB_CPU_SPLIT=0``, and while this thread has state the workers would not
+    inherit (``_thread_state_blocks_split``: autograd, autocast, a dispatch / function mode, the profiler)."""
+    import os
+
+    import torch
+
     if (not enabled or torch.device(device).type != "cpu" or os.environ.get(CPU_SPLIT_ENV, "1") == "0"
-            or _get_current_dispatch_mode() is not None):
+            or _thread_state_blocks_split()):
         return 1
     return max(1, torch.get_num_threads())
 
 
 def cpu_pool(workers: int):
-    """The shared pool of ``workers`` threads that run one intra-op thread each (made on first use)."""
+    """The shared pool of ``workers`` threads (made on first use; a forked child makes its own)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
     if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="noiseclr-rows",
-                                             initializer=lambda: torch.set_num_threads(1))
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="noiseclr-rows")
     return _POOLS[workers]
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: its pools are empty shells
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def split_parts(n: int, workers: int, part_rows: int = CPU_PART_ROWS,
@@ -206,23 +219,31 @@ def split_parts(n: int, workers: int, part_rows: int = CPU_PART_ROWS,
 
 def split_rows(fn: Callable[[int, int], torch.Tensor], n: int, workers: int) -> torch.Tensor:
     """``fn(0, n)`` computed as ``cat(fn(a, b) for consecutive parts)`` (``split_parts``), the parts run side by
-    side on ``workers`` threads with one intra-op thread each: a no-autograd CPU call (a UNet step of many
-    rows) as data parallelism over the cores instead of parallelism inside each operator.
+    side on worker threads that share the caller's ``workers`` intra-op threads (one each on 2 cores): a
+    no-autograd CPU call (a UNet step of many rows) as data parallelism over the cores instead of parallelism
+    inside each operator. ``workers`` is ``cpu_split_workers(...)`` (1: ``fn(0, n)``, no thread involved).
 
     Why: on 2 CPU cores the toy UNet's forward pass took 2.62 ms a row at 144 rows split in parts of 36 on 2
     worker threads against 3.43 with torch's 2 intra-op threads (72 rows: 2.70 / 3.08; 36: 2.87 / 3.20; 18
     rows in parts of 9: 3.45 / 3.09, slower, hence ``CPU_MIN_PART_ROWS``), with the same outputs bit for bit
-    (each row's arithmetic there is the same at any batch size and thread count; ``tests/test_perf.py``).
-    The worker threads run without autograd (grad mode is per thread): for inference only.
+    there (``scripts/bench_cpu_split.py`` prints the largest difference; the tests allow rounding). Each part
+    sets its thread's intra-op count and restores the caller's afterwards (torch also takes it as the default
+    of threads started later). Only measured on 2 cores: elsewhere the parts share the cores the same way.
     """
     import torch
 
     parts = split_parts(n, workers)
     if len(parts) == 1:
         return fn(0, n)
+    caller = torch.get_num_threads()
+    each = max(1, caller // min(workers, len(parts)))
 
     def part(ab: tuple[int, int]) -> torch.Tensor:
-        with torch.no_grad():
-            return fn(*ab)
+        torch.set_num_threads(each)
+        try:
+            with torch.no_grad():
+                return fn(*ab)
+        finally:
+            torch.set_num_threads(caller)
 
     return torch.cat(list(cpu_pool(workers).map(part, parts)))

@@ -219,7 +219,7 @@ def official_loop(run: Path, analysis: dict, n_dirs: int, device: str) -> tuple[
     pipe = load_pipeline(bank.base_model, device=device)
     clip = load_clip_model(analysis["clip"], device=device)
     s = analysis["settings"]
-    ep = EditPipeline(pipe, bank, mode="reference")
+    ep = EditPipeline(pipe, bank, mode="reference", cpu_split=False)  # the official loop as released
     common = dict(num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], output_type="pt")
     t0, images = time.perf_counter(), 0
     for seed in range(s["seeds"]):  # the unedited image of each seed

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             apply_recipe(recipe, pipe=pipe, progress=False)
         ours = (time.perf_counter() - t0) / args.repeats
-        ref = EditPipeline(pipe, bank, mode="reference")
+        ref = EditPipeline(pipe, bank, mode="reference", cpu_split=False)  # the official loop as released
         t0 = time.perf_counter()
         for _ in range(args.repeats):
             ref("a cartoon face", edits=edits, num_inference_steps=args.steps, guidance_scale=3.0,

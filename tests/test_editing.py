@@ -124,6 +124,58 @@ def test_cpu_split_runs_rows_on_worker_threads_without_autograd():
         split_rows(broken, 64, 2)
 
 
+def test_cpu_split_stays_off_where_workers_would_not_inherit_the_callers_state(monkeypatch):
+    import os
+    import threading
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from noiseclr_lab.perf import CPU_SPLIT_ENV, cpu_split_workers, split_rows
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            assert cpu_split_workers("cpu") == 2
+            assert cpu_split_workers("cpu", enabled=False) == 1 and cpu_split_workers("meta") == 1
+            with FlopCounterMode(display=False):  # per thread: it would miss the workers' FLOPs
+                assert cpu_split_workers("cpu") == 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the workers would run in fp32
+                assert cpu_split_workers("cpu") == 1
+            monkeypatch.setenv(CPU_SPLIT_ENV, "0")
+            assert cpu_split_workers("cpu") == 1
+            monkeypatch.delenv(CPU_SPLIT_ENV)
+        assert cpu_split_workers("cpu") == 1  # autograd on: the parts would lose their graph
+
+        def fresh_thread_threads() -> int:
+            seen = []
+            th = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            th.start()
+            th.join()
+            return seen[0]
+
+        default = fresh_thread_threads()
+        x = torch.randn(64, 8)
+        with torch.no_grad():
+            split_rows(lambda a, b: x[a:b] * 2, 64, 2)
+        assert fresh_thread_threads() == default  # the workers' count is not left as the default of new threads
+        if hasattr(os, "fork"):  # a child forked after the pool exists makes its own (the parent's threads are gone)
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                assert pool.apply_async(_split_in_child).get(timeout=60) == 64
+    finally:
+        torch.set_num_threads(before)
+
+
+def _split_in_child() -> int:
+    from noiseclr_lab.perf import split_rows
+
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        return len(split_rows(lambda a, b: torch.ones(b - a, 2), 64, 2))
+
+
 def test_cpu_split_changes_no_image(tiny_pipe):
     """12 images x 3 terms = 36 UNet rows a step: split in two parts on 2 worker threads (pinned here)."""
     import threading

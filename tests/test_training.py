@@ -239,6 +239,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_pipe_dir, tmp_p
     common = ["--model", str(tiny_pipe_dir), "--data", "toy:faces", "--directions", "4", "--directions-per-step", "3",
               "--steps", "3", "--num-images", "12", "--cache-dir", str(tmp_path / "cache"), "--lr", "0.01",
               "--validation-steps", "2", "--validation-seeds", "1"]
+    if torch.backends.mps.is_available():  # hiding CUDA leaves MPS: name the CPU (the unnamed case is CPU-only)
+        common += ["--device", "cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPU or not
     one = subprocess.run([sys.executable, "-m", "noiseclr_lab.cli", "train", *common, "--batch-size", "4",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)

@@ -218,7 +218,9 @@ class EditPipeline:
         workers = cpu_split_workers(z.device, self.cpu_split)
 
         def call(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-            return split_rows(lambda a, b: unet(x[a:b], t, encoder_hidden_states=e[a:b]).sample, len(x), workers)
+            per_row = torch.is_tensor(t) and t.ndim == 1 and len(t) == len(x) > 1  # a timestep per row is split too
+            return split_rows(lambda a, b: unet(x[a:b], t[a:b] if per_row else t, encoder_hidden_states=e[a:b]).sample,
+                              len(x), workers)
 
         if self.mode == "batched":
             return call(z.repeat(T, 1, 1, 1).contiguous(memory_format=fmt), embs.flatten(0, 1)).unflatten(0, (T, B))

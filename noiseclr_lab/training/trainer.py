@@ -113,12 +113,12 @@ class Trainer:
                                        f"CUDA_VISIBLE_DEVICES={cfg.device.split(':')[1]} and give --device cuda.")
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         # accelerate joins the processes of a CPU launch (gloo) only when told the run is on the CPU: without
-        # cpu=True each process of `torchrun` on a machine with no GPU trained alone, into the same run folder
-        cpu = cfg.device == "cpu" or (not cfg.device and pick_device(None).type == "cpu")
+        # cpu=True each process of `torchrun` on a machine with no accelerator trained alone, into one run folder
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        cpu = cfg.device == "cpu" or (not cfg.device and launched > 1 and _cpu_only_machine())
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=log_with,
                                project_dir=str(self.run_dir))
         acc = self.acc
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and acc.num_processes != launched:
             raise NoiseCLRLabError(f"This is one of {launched} launched processes (WORLD_SIZE) but accelerate joined "
                                    f"{acc.num_processes}: they would train alone into one run folder. Launch with "
@@ -502,6 +502,28 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir
+
+
+def _cpu_only_machine() -> bool:
+    """No device but the CPU: no CUDA or MPS (``pick_device``), no XPU, and none of the other accelerators
+    accelerate knows (NPU, MLU, HPU, MUSA, SDAA)."""
+    if pick_device(None).type != "cpu":
+        return False
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return False
+    try:
+        from accelerate.utils import imports
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return True
+    for name in ("npu", "mlu", "hpu", "musa", "sdaa"):
+        check = getattr(imports, f"is_{name}_available", None)
+        try:
+            if check is not None and check():
+                return False
+        except Exception:  # noqa: BLE001 - a probe of an absent vendor stack failing means it is not there
+            continue
+    return True
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
