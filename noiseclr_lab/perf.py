@@ -206,10 +206,11 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
 
 def split_parts(n: int, workers: int, part_rows: int = CPU_PART_ROWS,
                 min_part_rows: int = CPU_MIN_PART_ROWS) -> list[tuple[int, int]]:
-    """The consecutive row ranges ``split_rows`` runs: one part (no split) when fewer than two parts of
-    ``min_part_rows`` fit, else parts of at most ``part_rows`` rows (at least ``min_part_rows``), as many as
-    fit up to a multiple of the workers that run them."""
-    used = min(workers, n // max(1, min_part_rows))
+    """The consecutive row ranges ``split_rows`` runs for ``n`` rows and a caller with ``workers`` intra-op
+    threads: one part (no split) when fewer than two parts of ``min_part_rows`` fit, else parts of at most
+    ``part_rows`` rows, their count a multiple of ``concurrent_parts`` (a divisor of ``workers``, so that the
+    parts running at once share every thread evenly)."""
+    used = concurrent_parts(n, workers, min_part_rows)
     if used <= 1:
         return [(0, n)]
     k = math.ceil(math.ceil(n / max(1, part_rows)) / used) * used  # parts of <= part_rows, a multiple of used
@@ -217,9 +218,18 @@ def split_parts(n: int, workers: int, part_rows: int = CPU_PART_ROWS,
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def concurrent_parts(n: int, workers: int, min_part_rows: int = CPU_MIN_PART_ROWS) -> int:
+    """How many parts of ``n`` rows run at once: the largest divisor of ``workers`` (the caller's threads) with a
+    part of at least ``min_part_rows`` each (1: no split). Each then takes ``workers // it`` threads: on 2
+    cores 2 parts of one thread; on 16, 144 rows run as 8 parts of 2 threads (not 9 of 1, which would leave 7
+    cores idle)."""
+    limit = min(workers, n // max(1, min_part_rows))
+    return max((d for d in range(1, limit + 1) if workers % d == 0), default=1)
+
+
 def split_rows(fn: Callable[[int, int], torch.Tensor], n: int, workers: int) -> torch.Tensor:
     """``fn(0, n)`` computed as ``cat(fn(a, b) for consecutive parts)`` (``split_parts``), the parts run side by
-    side on worker threads that share the caller's ``workers`` intra-op threads (one each on 2 cores): a
+    side on worker threads that share the caller's ``workers`` intra-op threads evenly (one each on 2 cores): a
     no-autograd CPU call (a UNet step of many rows) as data parallelism over the cores instead of parallelism
     inside each operator. ``workers`` is ``cpu_split_workers(...)`` (1: ``fn(0, n)``, no thread involved).
 
@@ -236,7 +246,8 @@ def split_rows(fn: Callable[[int, int], torch.Tensor], n: int, workers: int) -> 
     if len(parts) == 1:
         return fn(0, n)
     caller = torch.get_num_threads()
-    each = max(1, caller // min(workers, len(parts)))
+    used = concurrent_parts(n, workers)
+    each = max(1, workers // used)
 
     def part(ab: tuple[int, int]) -> torch.Tensor:
         torch.set_num_threads(each)
@@ -246,4 +257,4 @@ def split_rows(fn: Callable[[int, int], torch.Tensor], n: int, workers: int) -> 
         finally:
             torch.set_num_threads(caller)
 
-    return torch.cat(list(cpu_pool(workers).map(part, parts)))
+    return torch.cat(list(cpu_pool(used).map(part, parts)))

@@ -84,16 +84,19 @@ def test_unedited_matches_diffusers_and_zero_scale_is_identity(tiny_pipe, rescal
 
 
 def test_split_parts_cover_the_rows_in_order():
-    from noiseclr_lab.perf import split_parts
+    from noiseclr_lab.perf import concurrent_parts, split_parts
 
     assert split_parts(31, 2) == [(0, 31)]  # two parts of 16 do not fit: one call
     assert split_parts(144, 1) == [(0, 144)]
     assert split_parts(144, 2) == [(0, 36), (36, 72), (72, 108), (108, 144)]  # <= 48 rows, a multiple of 2 parts
-    assert len(split_parts(144, 16)) == 9  # no part under 16 rows
-    for n, w in [(32, 2), (50, 3), (97, 2), (500, 4), (40, 16)]:
+    # on 16 threads 144 rows run as 8 parts of 2 threads each (9 parts of 16 rows would leave 7 threads idle)
+    assert concurrent_parts(144, 16) == 8 and len(split_parts(144, 16)) == 8
+    assert concurrent_parts(150, 10) == 5 and concurrent_parts(144, 7) == 7 and concurrent_parts(40, 16) == 2
+    for n, w in [(32, 2), (50, 3), (97, 2), (500, 4), (40, 16), (1000, 16)]:
         parts = split_parts(n, w)
         assert parts[0][0] == 0 and parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
-        assert all(16 <= b - a <= 48 for a, b in parts) and len(parts) % min(w, n // 16) == 0
+        used = concurrent_parts(n, w)
+        assert w % used == 0 and all(16 <= b - a <= 48 for a, b in parts) and len(parts) % used == 0
 
 
 def test_cpu_split_runs_rows_on_worker_threads_without_autograd():
@@ -113,6 +116,9 @@ def test_cpu_split_runs_rows_on_worker_threads_without_autograd():
     torch.testing.assert_close(out, (x @ w).detach())
     assert not out.requires_grad and len(seen) == 2
     assert all(name.startswith("noiseclr-rows") and not grad and threads == 1 for name, grad, threads in seen)
+    seen.clear()
+    split_rows(fn, 36, 4)  # 4 threads, room for 2 parts of 16+ rows: 2 threads each
+    assert [threads for _, _, threads in seen] == [2, 2]
     seen.clear()
     split_rows(fn, 64, 1)  # one worker: the caller's own call
     assert seen == [(threading.current_thread().name, True, torch.get_num_threads())]
