@@ -8,7 +8,7 @@ Prints the median and best seconds of each way, the ratio, and the largest diffe
     python scripts/bench_cpu_split.py --seeds 4 --repeats 5
 
 Training is not split: the same split of a training step's direction groups over worker threads, forward and
-backward (the same gradient bit for bit), measured 0.98x to 1.05x here (2 cores), so it was not kept.
+backward (the same gradient bit for bit), measured 0.98x to 1.13x here (2 cores, interleaved medians), so it was not kept.
 """
 
 from __future__ import annotations
