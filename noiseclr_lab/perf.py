@@ -158,10 +158,8 @@ def speed_up(module: torch.nn.Module, compile: str = "no", channels_last: bool =
 
 CPU_PART_ROWS = 48  # at most this many rows per part when a CPU call is split (the toy UNet's fastest size, below)
 CPU_MIN_PART_ROWS = 16  # no part smaller: below it a part's Python overhead outweighs the gain (below)
-_POOLS: dict = {}  # worker count -> ThreadPoolExecutor whose threads run one intra-op thread each
-
-
 CPU_SPLIT_ENV = "NOISECLR_LAB_CPU_SPLIT"  # "0" turns every CPU split off (editing and sweeps)
+_POOLS: dict = {}  # parts run at once -> the ThreadPoolExecutor of that many threads
 
 
 def _thread_state_blocks_split() -> bool:
@@ -181,8 +179,6 @@ def cpu_split_workers(device, enabled: bool = True) -> int:
     thread count on the CPU; 1 (no split) on any other device, when ``enabled`` is False, when the
     environment says ``NOISECLR_LAB_CPU_SPLIT=0``, and while this thread has state the workers would not
     inherit (``_thread_state_blocks_split``: autograd, autocast, a dispatch / function mode, the profiler)."""
-    import os
-
     import torch
 
     if (not enabled or torch.device(device).type != "cpu" or os.environ.get(CPU_SPLIT_ENV, "1") == "0"
@@ -210,10 +206,14 @@ def split_parts(n: int, workers: int, part_rows: int = CPU_PART_ROWS,
     threads: one part (no split) when fewer than two parts of ``min_part_rows`` fit, else parts of at most
     ``part_rows`` rows, their count a multiple of ``concurrent_parts`` (a divisor of ``workers``, so that the
     parts running at once share every thread evenly)."""
-    used = concurrent_parts(n, workers, min_part_rows)
+    return _parts(n, concurrent_parts(n, workers, min_part_rows), part_rows)
+
+
+def _parts(n: int, used: int, part_rows: int = CPU_PART_ROWS) -> list[tuple[int, int]]:
+    """``n`` rows as parts of at most ``part_rows``, their count a multiple of ``used`` (one part if used <= 1)."""
     if used <= 1:
         return [(0, n)]
-    k = math.ceil(math.ceil(n / max(1, part_rows)) / used) * used  # parts of <= part_rows, a multiple of used
+    k = math.ceil(math.ceil(n / max(1, part_rows)) / used) * used
     bounds = [round(i * n / k) for i in range(k + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -242,11 +242,11 @@ def split_rows(fn: Callable[[int, int], torch.Tensor], n: int, workers: int) -> 
     """
     import torch
 
-    parts = split_parts(n, workers)
-    if len(parts) == 1:
-        return fn(0, n)
-    caller = torch.get_num_threads()
     used = concurrent_parts(n, workers)
+    if used <= 1:
+        return fn(0, n)
+    parts = _parts(n, used)
+    caller = torch.get_num_threads()
     each = max(1, workers // used)
 
     def part(ab: tuple[int, int]) -> torch.Tensor:

@@ -37,7 +37,7 @@ class Recipe:
     bank_hash: str | None = None  # the bank's content hash when the recipe was made (checked on replay)
     image_sha256: str | None = None  # the image file's hash (checked on replay)
     # the edits as they resolved when the recipe was made: {token: {"scale": absolute scale, "window": [start, end)}}
-    # (filled by workflows.apply_recipe; on replay the edits must resolve the same, so that a label moved to
+    # (filled by workflows.check_recipe on first use; on replay the edits must resolve the same, so that a label moved to
     # another direction or a calibrated scale changed by a later analyze is refused, not silently applied)
     resolved: dict[str, dict] | None = None
 

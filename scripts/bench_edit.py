@@ -6,8 +6,8 @@ achieved TFLOP/s of both (the same model FLOPs, counted once) and, on a known GP
     python scripts/bench_edit.py --model sd15-random --device cuda --dtype fp16   # full-size SD 1.5 UNet, random weights
     python scripts/bench_edit.py --images 12 --directions 1 --steps 15 --no-cpu-split   # the CPU lever's share
 
-On the CPU the batched side splits each UNet call's rows over one worker thread per core (``cpu_split``, 32 rows
-and more); the official loop runs as released (torch's intra-op threads); ``--no-cpu-split`` turns the split
+On the CPU the batched side splits each UNet call's rows over worker threads that share torch's intra-op threads
+(``cpu_split``, 32 rows and more); the official loop runs as released (torch's intra-op threads); ``--no-cpu-split`` turns the split
 off, so the two runs' batched columns give the lever's effect.
 """
 
