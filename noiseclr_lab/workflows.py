@@ -40,7 +40,7 @@ from noiseclr_lab.analysis.readers import ProbeReader, Reader
 from noiseclr_lab.analysis.sweep import SweepSettings, SweepSpeed, fill_sweep_cache, sweep_cache_dir
 from noiseclr_lab.analysis.vocab import load_vocabulary
 from noiseclr_lab.directions import DirectionBank
-from noiseclr_lab.editing import EditPipeline, default_edit_start, resolve_edits
+from noiseclr_lab.editing import EditPipeline, default_edit_start, direction_grid, resolve_edits
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import read_json, save_image_atomic, write_json_atomic
 from noiseclr_lab.models import load_pipeline
@@ -49,7 +49,7 @@ from noiseclr_lab.reports import ReportResult, build_report
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.toyworld import get_domain, load_probe
 from noiseclr_lab.toyworld.render import FACTORS_CSV, render_folder
-from noiseclr_lab.training import TrainConfig, load_preset, train
+from noiseclr_lab.training import TrainConfig, load_preset, train, validation_grid
 
 GT_METRICS = RunDir.GT_JSON
 GT_HEATMAP = "gt_effects.png"
@@ -96,10 +96,46 @@ def train_run(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None]
               progress: bool = True) -> RunDir:
     """Train directions as ``cfg`` says (``training.train``) and, with ``cfg.select`` > 0, keep the strongest
     distinct ones (``select_run``). In a multi-process launch only the main process selects."""
-    run = RunDir(train(cfg, resume=resume))
+    # with a selection, the last step's validation grid is drawn from the selection sweep, which holds its images
+    run = RunDir(train(cfg, resume=resume, final_grid=not cfg.select))
     if cfg.select and int(os.environ.get("RANK", "0")) == 0:
         select_run(run, cfg, log=log, progress=progress)
     return run
+
+
+class _GridFromSweep:
+    """Training's final validation grid (``training.validation_grid``) cut from the selection sweep's images
+    (``select_directions(observe=...)``) when that sweep holds them: the same prompt, guidance, steps and
+    warm-up by construction, and its scales and seeds cover the grid's (the same seeds give the same images)."""
+
+    def __init__(self, pipe, bank: DirectionBank, cfg: TrainConfig, settings: SweepSettings):
+        self.pipe, self.bank, self.cfg, self.S = pipe, bank, cfg, settings.seeds
+        self.fits = (settings.scales == (-cfg.validation_scale, cfg.validation_scale)
+                     and cfg.validation_seeds <= settings.seeds and settings.num_inference_steps == cfg.validation_steps
+                     and settings.edit_start == default_edit_start(cfg.validation_steps)
+                     and settings.prompt == cfg.validation_prompt and settings.guidance_scale == cfg.validation_guidance
+                     and settings.guidance_rescale == 0.0)
+        self.cells: dict[str, dict[float, list]] = {}
+        self.base: list | None = None
+
+    def __call__(self, k: int | None, images) -> None:
+        if not self.fits:
+            return
+        proc, V, S = self.pipe.image_processor, self.cfg.validation_seeds, self.S
+        pil = proc.numpy_to_pil(proc.pt_to_numpy(images))  # as EditPipeline.decode makes PIL images
+        if k is None:
+            self.base = pil[:V]
+        else:  # scale-major: -scale x S seeds, then +scale x S seeds
+            s = self.cfg.validation_scale
+            self.cells[self.bank.tokens[k]] = {-s: pil[:V], s: pil[S:S + V]}
+
+    def image(self):
+        """The grid, or None when the sweep did not hold it."""
+        if not self.fits or self.base is None or len(self.cells) != len(self.bank):
+            return None
+        s = self.cfg.validation_scale
+        return direction_grid(self.bank, list(self.bank.tokens), [-s, 0.0, s], list(range(self.cfg.validation_seeds)),
+                              lambda tok: self.cells[tok] | {0.0: self.base})
 
 
 def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, log: Callable[[str], None] | None = None,
@@ -127,17 +163,24 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                              prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
                              guidance_scale=cfg.validation_guidance)
     device = cfg.device or None
+    grid_path = run.validation_image(cfg.steps)  # the last step's grid: drawn here when training left it out
     done_before, clip_model = _finished_selection(run, full, cfg, settings), None
     if done_before is not None:  # the same record: is it the same CLIP too (its weights, not only its name)?
         clip_model = load_clip_model(cfg.select_clip, device=device)
         if clip_model.fingerprint() == done_before.clip:  # e.g. a finished demo run again: its kept bank (and
             say(f"selection: kept {cfg.select} of {len(full)} directions already ({run.selection_path.name})")
+            if not grid_path.is_file():
+                save_image_atomic(validation_grid(load_pipeline(cfg.model, device=device), full, cfg), grid_path)
             return done_before  # anything written into it, such as labels) stays as it is
     say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
         f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
     pipe = load_pipeline(cfg.model, device=device)
     clip_model = clip_model or load_clip_model(cfg.select_clip, device=pipe.device)
-    sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress)
+    grid = _GridFromSweep(pipe, full, cfg, settings) if not grid_path.is_file() else None
+    sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress,
+                            observe=grid)
+    if grid is not None:  # before the selection's record, so that a finished selection always has its grid
+        save_image_atomic(grid.image() or validation_grid(pipe, full, cfg), grid_path)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
     write_json_atomic(run.selection_path, sel.as_dict() | {"select_clip": cfg.select_clip})

@@ -207,6 +207,33 @@ def test_cpu_split_changes_no_image(tiny_pipe):
     assert len(split_calls) == 2 * len(calls) and {rows for _, rows in calls} == {36}
 
 
+def test_cpu_split_decodes_large_batches_in_parts(tiny_pipe):
+    """40 latents decode as two parts of 20 on worker threads (2 threads pinned here), the same images as one
+    call; 12 decode in one call."""
+    import threading
+
+    calls = []  # (thread name, images) of every VAE decoder call
+    hook = tiny_pipe.vae.decoder.register_forward_pre_hook(
+        lambda _m, args: calls.append((threading.current_thread().name, len(args[0]))))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side = tiny_pipe.unet.config.sample_size
+        z = torch.randn(40, tiny_pipe.vae.config.latent_channels, side, side, generator=_gen(0))
+        split = EditPipeline(tiny_pipe).decode(z, "pt")
+        split_calls, calls[:] = list(calls), []
+        whole = EditPipeline(tiny_pipe, cpu_split=False).decode(z, "pt")
+        whole_calls, calls[:] = list(calls), []
+        EditPipeline(tiny_pipe).decode(z[:12], "pt")
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+    assert sorted(n for _, n in split_calls) == [20, 20] and all(t.startswith("noiseclr-rows") for t, _ in split_calls)
+    assert [n for _, n in whole_calls] == [40] and [n for _, n in calls] == [12]
+    assert not any(t.startswith("noiseclr-rows") for t, _ in whole_calls + calls)
+
+
 def test_windows(tiny_pipe):
     ep = EditPipeline(tiny_pipe, _bank(tiny_pipe))
     plain = _run(ep, prompt="a face")

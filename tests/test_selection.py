@@ -55,6 +55,7 @@ def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tin
     full = DirectionBank.load(run.all_directions_path)
     kept = DirectionBank.load(run.directions_path)
     sel = json.loads(run.selection_path.read_text())
+    assert run.validation_image(3).is_file()  # the sweep does not hold the grid (another scale): drawn after it
     assert len(full) == 5 and len(kept) == 3 and sel["kept"] == kept.tokens
     assert set(kept.tokens) < set(full.tokens)
     for tok in kept.tokens:  # the kept rows are the trained ones, unchanged
@@ -88,3 +89,39 @@ def test_training_with_selection_keeps_the_strongest_distinct(tiny_pipe_dir, tin
         select_run(run, TrainConfig.from_dict(cfg.to_dict() | {"select": 0}))
     with pytest.raises(NoiseCLRLabError, match="select must be"):
         TrainConfig.from_dict(cfg.to_dict() | {"select": 6})
+
+
+def test_the_last_validation_grid_is_cut_from_the_selection_sweep(tiny_pipe_dir, tiny_clip_name, tmp_path,
+                                                                   monkeypatch):
+    """With the selection's steps and scale, the last step's grid is cut from the selection sweep's images:
+    neither the trainer nor the selection generates it, and it shows what drawing it would (up to float
+    rounding between batch sizes: one level of 255)."""
+    from PIL import Image
+
+    import noiseclr_lab.training.trainer as trainer
+    import noiseclr_lab.workflows as workflows
+    from noiseclr_lab.models import load_pipeline
+    from noiseclr_lab.store import RunDir
+
+    cfg = TrainConfig(model=str(tiny_pipe_dir), data="toy:faces", out=str(tmp_path / "run"), num_directions=4,
+                      directions_per_step=4, steps=2, batch_size=2, num_images=4, checkpoint_every=0, validate_every=1,
+                      validation_steps=3, validation_seeds=2, validation_scale=6.0, validation_prompt="a face",
+                      cache_dir=str(tmp_path / "cache"), device="cpu", select=2, select_clip=f"{tiny_clip_name}:random",
+                      select_scale=6.0, select_seeds=3, select_steps=3)
+    drawn = []
+    real = trainer.validation_grid
+    monkeypatch.setattr(trainer, "validation_grid", lambda *a: drawn.append("trainer") or real(*a))
+    monkeypatch.setattr(workflows, "validation_grid", lambda *a: drawn.append("selection") or real(*a))
+    run = workflows.train_run(cfg, progress=False)
+    assert drawn == ["trainer"]  # step 1's grid only (validate_every = 1)
+    assert run.validation_image(1).is_file() and run.validation_image(2).is_file()
+    cut = np.asarray(Image.open(run.validation_image(2)).convert("RGB")).astype(int)
+    full = DirectionBank.load(run.all_directions_path)
+    new = np.asarray(real(load_pipeline(cfg.model, device="cpu"), full, cfg))
+    assert cut.shape == new.shape and np.abs(cut - new).max() <= 1
+    # a finished selection whose grid went missing draws it again; one that has it leaves it alone
+    run.validation_image(2).unlink()
+    workflows.select_run(RunDir(run.path), cfg, progress=False)
+    assert drawn == ["trainer", "selection"] and run.validation_image(2).is_file()
+    workflows.select_run(RunDir(run.path), cfg, progress=False)
+    assert drawn == ["trainer", "selection"]

@@ -62,9 +62,10 @@ class Selection:
 
 @torch.no_grad()
 def select_directions(pipe, bank: DirectionBank, clip: ClipModel, keep: int, settings: SweepSettings,
-                      max_similarity: float = MAX_SIMILARITY, progress: bool = True) -> Selection:
+                      max_similarity: float = MAX_SIMILARITY, progress: bool = True, observe=None) -> Selection:
     """Rank ``bank``'s directions by their consistent CLIP effect over ``settings`` (scales and seeds) and keep
-    ``keep`` distinct ones (see the module docstring)."""
+    ``keep`` distinct ones (see the module docstring). ``observe(k, images)`` (optional) sees every batch of the
+    sweep as ``analysis.sweep.iter_sweep`` yields it (k None: the unedited images), e.g. to draw a grid from them."""
     if not 1 <= keep <= len(bank):
         raise NoiseCLRLabError(f"Cannot keep {keep} of {len(bank)} directions; choose 1 to {len(bank)}.")
     if settings.seeds < 2:
@@ -72,6 +73,8 @@ def select_directions(pipe, bank: DirectionBank, clip: ClipModel, keep: int, set
     n, S = len(settings.scales), settings.seeds
     f_base, f_edited = None, None
     for k, images in iter_sweep(EditPipeline(pipe, bank), settings, progress):
+        if observe is not None:
+            observe(k, images)
         f = clip.encode_images(images).double().numpy()
         if k is None:
             f_base = f

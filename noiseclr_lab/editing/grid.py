@@ -67,19 +67,26 @@ def edit_grid(edit_pipe: EditPipeline, directions: list[str], scales: list[float
                          **call_kwargs).images
 
     base = run(None) if 0 in scales else None
+
+    def cells(tok: str) -> dict[float, list]:
+        if inversion is not None:
+            return {s: run({tok: s}) for s in edited} | {0.0: base}
+        images = run({tok: [s for s in edited for _ in seeds]}, reps=len(edited)) if edited else []
+        return {s: images[i * S:(i + 1) * S] for i, s in enumerate(edited)} | {0.0: base}
+
+    return direction_grid(bank, directions, scales, seeds, cells, cell=cell)
+
+
+def direction_grid(bank, directions: list[str], scales: list[float], seeds: list[int], cells, cell: int = 128) -> Image.Image:
+    """``edit_grid``'s layout from images made elsewhere: ``cells(token)`` -> {scale: one PIL image per seed}
+    (scale 0: the unedited images), e.g. a sweep that already holds them (training's final validation grid is
+    cut from the selection sweep's images)."""
     rows, labels = [], []
     for name in directions:
         k = bank.index(name)
         tok = bank.tokens[k]
-        if inversion is not None:
-            cells = {s: run({tok: s}) for s in edited}
-        elif edited:
-            images = run({tok: [s for s in edited for _ in seeds]}, reps=len(edited))
-            cells = {s: images[i * S:(i + 1) * S] for i, s in enumerate(edited)}
-        row = []
-        for s in scales:
-            row += base if s == 0 else cells[s]
-        rows.append(row)
+        by_scale = cells(tok)
+        rows.append([img for s in scales for img in by_scale[float(s)]])
         labels.append(tok + (f" {bank.labels[k]}" if bank.labels[k] else ""))
     cols = [f"{s:+g}" if len(seeds) == 1 else f"{s:+g} #{seed}" for s in scales for seed in seeds]
     return compose_grid(rows, labels, cols, cell=cell)

@@ -17,13 +17,14 @@ _LAZY = {
     "noiseclr_loss": "noiseclr_lab.training.loss",
     "Trainer": "noiseclr_lab.training.trainer",
     "train": "noiseclr_lab.training.trainer",
+    "validation_grid": "noiseclr_lab.training.trainer",
 }
 
 if TYPE_CHECKING:
     from noiseclr_lab.training.config import TrainConfig, list_presets, load_preset
     from noiseclr_lab.training.loss import noiseclr_loss
-    from noiseclr_lab.training.trainer import Trainer, train
+    from noiseclr_lab.training.trainer import Trainer, train, validation_grid
 
-__all__ = ["TrainConfig", "Trainer", "list_presets", "load_preset", "noiseclr_loss", "train"]
+__all__ = ["TrainConfig", "Trainer", "list_presets", "load_preset", "noiseclr_loss", "train", "validation_grid"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -99,12 +99,13 @@ def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 class Trainer:
     """Set up once, then ``run()``; see the module docstring for the step."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, final_grid: bool = True):
         from accelerate import Accelerator
 
         from noiseclr_lab.training.data import data_digest, encode_dataset, load_training_images
 
         self.cfg = cfg
+        self.final_grid = final_grid  # False: whoever selects afterwards draws it (``workflows.select_run``)
         self.rundir = RunDir(cfg.out)
         if cfg.device:  # a device this machine lacks is one sentence here, not a CPU run that fails at selection
             pick_device(cfg.device)
@@ -283,14 +284,8 @@ class Trainer:
         return final
 
     def validation_grid(self, step: int) -> Path:
-        c = self.cfg
-        ep = EditPipeline(self.pipe, self.bank())
-        grid = edit_grid(ep, self.tokens, [-c.validation_scale, 0.0, c.validation_scale],
-                         seeds=list(range(c.validation_seeds)), prompt=c.validation_prompt,
-                         num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance,
-                         edit_start=default_edit_start(c.validation_steps))  # as evaluate-gt scores them
         path = self.rundir.validation_image(step)
-        save_image_atomic(grid, path)
+        save_image_atomic(validation_grid(self.pipe, self.bank(), self.cfg), path)
         return path
 
     # ------------------------------------------------------------------ the step
@@ -496,7 +491,7 @@ class Trainer:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     last_good = self.save_checkpoint(done)
-            if acc.is_main_process and validate:
+            if acc.is_main_process and validate and (done < c.steps or self.final_grid):
                 self.validation_grid(done)
         bar.close()
         acc.wait_for_everyone()
@@ -526,6 +521,18 @@ def _cpu_only_machine() -> bool:
     return True
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train directions as ``cfg`` says; returns the run folder (layout: ``noiseclr_lab.store.RunDir``)."""
-    return Trainer(cfg, resume=resume).run()
+def validation_grid(pipe, bank: DirectionBank, cfg: TrainConfig):
+    """The validation grid of ``bank`` as ``cfg`` draws it: every direction at -scale, 0 and +scale, one column
+    per validation seed, edits after the evaluation's warm-up (as evaluate-gt scores them). A PIL image."""
+    c = cfg
+    return edit_grid(EditPipeline(pipe, bank), list(bank.tokens), [-c.validation_scale, 0.0, c.validation_scale],
+                     seeds=list(range(c.validation_seeds)), prompt=c.validation_prompt,
+                     num_inference_steps=c.validation_steps, guidance_scale=c.validation_guidance,
+                     edit_start=default_edit_start(c.validation_steps))
+
+
+def train(cfg: TrainConfig, resume: bool = False, final_grid: bool = True) -> Path:
+    """Train directions as ``cfg`` says; returns the run folder (layout: ``noiseclr_lab.store.RunDir``).
+    ``final_grid=False`` leaves the validation grid of the last step to the caller (``workflows.train_run``
+    cuts it from the selection sweep, which holds its images)."""
+    return Trainer(cfg, resume=resume, final_grid=final_grid).run()
