@@ -95,32 +95,52 @@ class GTResult:
 def train_run(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] | None = None,
               progress: bool = True) -> RunDir:
     """Train directions as ``cfg`` says (``training.train``) and, with ``cfg.select`` > 0, keep the strongest
-    distinct ones (``select_run``). In a multi-process launch only the main process selects."""
-    # with a selection, the last step's validation grid is drawn from the selection sweep, which holds its images
-    run = RunDir(train(cfg, resume=resume, final_grid=not cfg.select))
-    if cfg.select and int(os.environ.get("RANK", "0")) == 0:
+    distinct ones (``select_run``). In a multi-process launch only the main process selects. When the
+    selection sweep holds the last step's validation grid (``_grid_in_selection``), the selection cuts the grid
+    from its images instead of the trainer drawing it; a finished run always has it (drawn here if missing,
+    e.g. a finished run resumed with ``select`` 0 after a selection that failed)."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    run = RunDir(train(cfg, resume=resume, final_grid=not _grid_in_selection(cfg)))
+    if cfg.select and main:
         select_run(run, cfg, log=log, progress=progress)
+    grid = run.validation_image(cfg.steps)
+    ck = run.latest_checkpoint()
+    if main and not grid.is_file() and ck is not None:
+        pipe = load_pipeline(cfg.model, device=cfg.device or None)
+        save_image_atomic(validation_grid(pipe, DirectionBank.load(ck / RunDir.DIRECTIONS), cfg), grid)
     return run
 
 
-class _GridFromSweep:
-    """Training's final validation grid (``training.validation_grid``) cut from the selection sweep's images
-    (``select_directions(observe=...)``) when that sweep holds them: the same prompt, guidance, steps and
-    warm-up by construction, and its scales and seeds cover the grid's (the same seeds give the same images)."""
+def _selection_settings(cfg: TrainConfig) -> SweepSettings:
+    """The sweep a run's selection scores its directions on: +-``select_scale``, ``select_seeds`` seeds,
+    ``select_steps`` steps, the validation prompt and guidance, edits after the usual warm-up."""
+    return SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
+                         prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
+                         guidance_scale=cfg.validation_guidance)
 
-    def __init__(self, pipe, bank: DirectionBank, cfg: TrainConfig, settings: SweepSettings):
-        self.pipe, self.bank, self.cfg, self.S = pipe, bank, cfg, settings.seeds
-        self.fits = (settings.scales == (-cfg.validation_scale, cfg.validation_scale)
-                     and cfg.validation_seeds <= settings.seeds and settings.num_inference_steps == cfg.validation_steps
-                     and settings.edit_start == default_edit_start(cfg.validation_steps)
-                     and settings.prompt == cfg.validation_prompt and settings.guidance_scale == cfg.validation_guidance
-                     and settings.guidance_rescale == 0.0)
+
+def _grid_in_selection(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s selection sweep holds every image of its last validation grid (``training.validation_grid``):
+    a selection, the same steps and scale, and at least the grid's seeds (the prompt, guidance and warm-up are
+    shared by construction). The demo's preset does."""
+    s = _selection_settings(cfg)
+    return bool(cfg.select) and s.scales == (-cfg.validation_scale, cfg.validation_scale) and \
+        cfg.validation_seeds <= s.seeds and s.num_inference_steps == cfg.validation_steps and \
+        s.edit_start == default_edit_start(cfg.validation_steps)
+
+
+class _GridFromSweep:
+    """Training's last validation grid cut from the selection sweep's images as ``select_directions(observe=...)``
+    passes them (only when ``_grid_in_selection``): the same seeds give the same images, to float rounding
+    between batch sizes. They are the selection pipeline's (``load_pipeline``'s precision, what evaluate-gt
+    scores), not the trainer's (which draws the intermediate grids)."""
+
+    def __init__(self, pipe, bank: DirectionBank, cfg: TrainConfig):
+        self.pipe, self.bank, self.cfg, self.S = pipe, bank, cfg, cfg.select_seeds
         self.cells: dict[str, dict[float, list]] = {}
         self.base: list | None = None
 
     def __call__(self, k: int | None, images) -> None:
-        if not self.fits:
-            return
         proc, V, S = self.pipe.image_processor, self.cfg.validation_seeds, self.S
         pil = proc.numpy_to_pil(proc.pt_to_numpy(images))  # as EditPipeline.decode makes PIL images
         if k is None:
@@ -130,8 +150,8 @@ class _GridFromSweep:
             self.cells[self.bank.tokens[k]] = {-s: pil[:V], s: pil[S:S + V]}
 
     def image(self):
-        """The grid, or None when the sweep did not hold it."""
-        if not self.fits or self.base is None or len(self.cells) != len(self.bank):
+        """The grid (None before the sweep has passed every batch)."""
+        if self.base is None or len(self.cells) != len(self.bank):
             return None
         s = self.cfg.validation_scale
         return direction_grid(self.bank, list(self.bank.tokens), [-s, 0.0, s], list(range(self.cfg.validation_seeds)),
@@ -159,11 +179,9 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                                "(train --resume) before selecting.")
     full = DirectionBank.load(ck / RunDir.DIRECTIONS)
     say = log or (lambda _msg: None)
-    settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
-                             prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
-                             guidance_scale=cfg.validation_guidance)
+    settings = _selection_settings(cfg)
     device = cfg.device or None
-    grid_path = run.validation_image(cfg.steps)  # the last step's grid: drawn here when training left it out
+    grid_path = run.validation_image(cfg.steps)  # the last step's grid: cut from the sweep when it holds it
     done_before, clip_model = _finished_selection(run, full, cfg, settings), None
     if done_before is not None:  # the same record: is it the same CLIP too (its weights, not only its name)?
         clip_model = load_clip_model(cfg.select_clip, device=device)
@@ -176,11 +194,13 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
         f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
     pipe = load_pipeline(cfg.model, device=device)
     clip_model = clip_model or load_clip_model(cfg.select_clip, device=pipe.device)
-    grid = _GridFromSweep(pipe, full, cfg, settings) if not grid_path.is_file() else None
+    grid = _GridFromSweep(pipe, full, cfg) if _grid_in_selection(cfg) else None
     sel = select_directions(pipe, full, clip_model, cfg.select, settings, cfg.select_max_similarity, progress=progress,
                             observe=grid)
-    if grid is not None:  # before the selection's record, so that a finished selection always has its grid
-        save_image_atomic(grid.image() or validation_grid(pipe, full, cfg), grid_path)
+    # the grid before the selection's record, so that a finished selection has it: cut from this sweep (this
+    # bank's, replacing any older file), else drawn if the trainer did not draw it
+    if grid is not None or not grid_path.is_file():
+        save_image_atomic((grid.image() if grid is not None else None) or validation_grid(pipe, full, cfg), grid_path)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
     write_json_atomic(run.selection_path, sel.as_dict() | {"select_clip": cfg.select_clip})

@@ -108,12 +108,15 @@ def test_the_last_validation_grid_is_cut_from_the_selection_sweep(tiny_pipe_dir,
                       validation_steps=3, validation_seeds=2, validation_scale=6.0, validation_prompt="a face",
                       cache_dir=str(tmp_path / "cache"), device="cpu", select=2, select_clip=f"{tiny_clip_name}:random",
                       select_scale=6.0, select_seeds=3, select_steps=3)
+    stale = tmp_path / "run" / "validation" / "step-2.png"  # left by an earlier training in this folder
+    stale.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(stale)
     drawn = []
     real = trainer.validation_grid
     monkeypatch.setattr(trainer, "validation_grid", lambda *a: drawn.append("trainer") or real(*a))
     monkeypatch.setattr(workflows, "validation_grid", lambda *a: drawn.append("selection") or real(*a))
     run = workflows.train_run(cfg, progress=False)
-    assert drawn == ["trainer"]  # step 1's grid only (validate_every = 1)
+    assert drawn == ["trainer"]  # step 1's grid only (validate_every = 1); the stale one replaced:
     assert run.validation_image(1).is_file() and run.validation_image(2).is_file()
     cut = np.asarray(Image.open(run.validation_image(2)).convert("RGB")).astype(int)
     full = DirectionBank.load(run.all_directions_path)
@@ -125,3 +128,21 @@ def test_the_last_validation_grid_is_cut_from_the_selection_sweep(tiny_pipe_dir,
     assert drawn == ["trainer", "selection"] and run.validation_image(2).is_file()
     workflows.select_run(RunDir(run.path), cfg, progress=False)
     assert drawn == ["trainer", "selection"]
+
+
+def test_a_finished_run_has_its_last_grid_even_when_its_selection_failed(tiny_pipe_dir, tmp_path):
+    """The trainer leaves the last grid to the selection; a selection that fails (an unknown CLIP here) leaves
+    none, and the run resumed without a selection draws it."""
+    from noiseclr_lab.workflows import train_run
+
+    cfg = TrainConfig(model=str(tiny_pipe_dir), data="toy:faces", out=str(tmp_path / "run"), num_directions=3,
+                      directions_per_step=3, steps=2, batch_size=2, num_images=4, checkpoint_every=0,
+                      validation_steps=3, validation_seeds=1, cache_dir=str(tmp_path / "cache"), device="cpu",
+                      select=2, select_clip="no-such-clip-arch:random", select_scale=6.0, select_seeds=2,
+                      select_steps=3)
+    with pytest.raises(NoiseCLRLabError):
+        train_run(cfg, progress=False)
+    grid = tmp_path / "run" / "validation" / "step-2.png"
+    assert not grid.exists()
+    train_run(TrainConfig.from_dict(cfg.to_dict() | {"select": 0}), resume=True, progress=False)
+    assert grid.is_file()

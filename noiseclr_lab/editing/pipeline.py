@@ -387,6 +387,6 @@ class EditPipeline:
         vae = self.pipe.vae
         self.work["decoded"] += len(z)
         z = z.to(vae.dtype) / vae.config.scaling_factor
-        # split like the UNet's calls: 48 toy images 0.45 -> 0.35 s on 2 cores, the same images
+        # split like the UNet's calls: 48 toy images 0.45 -> 0.35 s (1.26x) on 2 cores, the same images
         x = split_rows(lambda a, b: vae.decode(z[a:b]).sample, len(z), cpu_split_workers(z.device, self.cpu_split))
         return self.pipe.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))

@@ -105,7 +105,7 @@ class Trainer:
         from noiseclr_lab.training.data import data_digest, encode_dataset, load_training_images
 
         self.cfg = cfg
-        self.final_grid = final_grid  # False: whoever selects afterwards draws it (``workflows.select_run``)
+        self.final_grid = final_grid  # False: the selection cuts it from its sweep (``workflows.train_run``)
         self.rundir = RunDir(cfg.out)
         if cfg.device:  # a device this machine lacks is one sentence here, not a CPU run that fails at selection
             pick_device(cfg.device)
