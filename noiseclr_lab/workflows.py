@@ -103,30 +103,31 @@ def train_run(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None]
     run = RunDir(train(cfg, resume=resume, final_grid=not _grid_in_selection(cfg)))
     if cfg.select and main:
         select_run(run, cfg, log=log, progress=progress)
-    grid = run.validation_image(cfg.steps)
-    ck = run.latest_checkpoint()
-    if main and not grid.is_file() and ck is not None:
-        pipe = load_pipeline(cfg.model, device=cfg.device or None)
-        save_image_atomic(validation_grid(pipe, DirectionBank.load(ck / RunDir.DIRECTIONS), cfg), grid)
+    if main:
+        _draw_last_grid(run, cfg)
     return run
 
 
-def _selection_settings(cfg: TrainConfig) -> SweepSettings:
-    """The sweep a run's selection scores its directions on: +-``select_scale``, ``select_seeds`` seeds,
-    ``select_steps`` steps, the validation prompt and guidance, edits after the usual warm-up."""
-    return SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
-                         prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
-                         guidance_scale=cfg.validation_guidance)
+def _draw_last_grid(run: RunDir, cfg: TrainConfig, bank: DirectionBank | None = None, pipe=None) -> None:
+    """Draw the run's last validation grid (``training.validation_grid``) where it is missing; ``bank`` defaults
+    to the last checkpoint's directions, ``pipe`` to a pipeline loaded for it."""
+    path = run.validation_image(cfg.steps)
+    if path.is_file():
+        return
+    if bank is None:
+        ck = run.latest_checkpoint()
+        if ck is None:
+            return
+        bank = DirectionBank.load(ck / RunDir.DIRECTIONS)
+    save_image_atomic(validation_grid(pipe or load_pipeline(cfg.model, device=cfg.device or None), bank, cfg), path)
 
 
 def _grid_in_selection(cfg: TrainConfig) -> bool:
     """Whether ``cfg``'s selection sweep holds every image of its last validation grid (``training.validation_grid``):
-    a selection, the same steps and scale, and at least the grid's seeds (the prompt, guidance and warm-up are
-    shared by construction). The demo's preset does."""
-    s = _selection_settings(cfg)
-    return bool(cfg.select) and s.scales == (-cfg.validation_scale, cfg.validation_scale) and \
-        cfg.validation_seeds <= s.seeds and s.num_inference_steps == cfg.validation_steps and \
-        s.edit_start == default_edit_start(cfg.validation_steps)
+    a selection, the same steps (so the same warm-up) and scale, and at least the grid's seeds (the prompt and
+    guidance are shared by construction). The demo's preset does."""
+    return (bool(cfg.select) and cfg.select_scale == cfg.validation_scale and cfg.select_steps == cfg.validation_steps
+            and cfg.validation_seeds <= cfg.select_seeds)
 
 
 class _GridFromSweep:
@@ -136,12 +137,12 @@ class _GridFromSweep:
     scores), not the trainer's (which draws the intermediate grids)."""
 
     def __init__(self, pipe, bank: DirectionBank, cfg: TrainConfig):
-        self.pipe, self.bank, self.cfg, self.S = pipe, bank, cfg, cfg.select_seeds
+        self.pipe, self.bank, self.cfg = pipe, bank, cfg
         self.cells: dict[str, dict[float, list]] = {}
         self.base: list | None = None
 
     def __call__(self, k: int | None, images) -> None:
-        proc, V, S = self.pipe.image_processor, self.cfg.validation_seeds, self.S
+        proc, V, S = self.pipe.image_processor, self.cfg.validation_seeds, self.cfg.select_seeds
         pil = proc.numpy_to_pil(proc.pt_to_numpy(images))  # as EditPipeline.decode makes PIL images
         if k is None:
             self.base = pil[:V]
@@ -179,16 +180,16 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                                "(train --resume) before selecting.")
     full = DirectionBank.load(ck / RunDir.DIRECTIONS)
     say = log or (lambda _msg: None)
-    settings = _selection_settings(cfg)
+    settings = SweepSettings(scales=(-cfg.select_scale, cfg.select_scale), seeds=cfg.select_seeds,
+                             prompt=cfg.validation_prompt, num_inference_steps=cfg.select_steps,
+                             guidance_scale=cfg.validation_guidance)
     device = cfg.device or None
-    grid_path = run.validation_image(cfg.steps)  # the last step's grid: cut from the sweep when it holds it
     done_before, clip_model = _finished_selection(run, full, cfg, settings), None
     if done_before is not None:  # the same record: is it the same CLIP too (its weights, not only its name)?
         clip_model = load_clip_model(cfg.select_clip, device=device)
         if clip_model.fingerprint() == done_before.clip:  # e.g. a finished demo run again: its kept bank (and
             say(f"selection: kept {cfg.select} of {len(full)} directions already ({run.selection_path.name})")
-            if not grid_path.is_file():
-                save_image_atomic(validation_grid(load_pipeline(cfg.model, device=device), full, cfg), grid_path)
+            _draw_last_grid(run, cfg, full)
             return done_before  # anything written into it, such as labels) stays as it is
     say(f"selecting {cfg.select} of {len(full)} directions by their CLIP effect ({cfg.select_clip} CLIP, "
         f"scales +-{cfg.select_scale:g}, {cfg.select_seeds} seeds)")
@@ -199,8 +200,10 @@ def select_run(run: str | os.PathLike | RunDir, cfg: TrainConfig | None = None, 
                             observe=grid)
     # the grid before the selection's record, so that a finished selection has it: cut from this sweep (this
     # bank's, replacing any older file), else drawn if the trainer did not draw it
-    if grid is not None or not grid_path.is_file():
-        save_image_atomic((grid.image() if grid is not None else None) or validation_grid(pipe, full, cfg), grid_path)
+    cut = grid.image() if grid is not None else None
+    if cut is not None:
+        save_image_atomic(cut, run.validation_image(cfg.steps))
+    _draw_last_grid(run, cfg, full, pipe)
     full.save(run.all_directions_path)  # each write is atomic; selection.json last, so it never names a bank
     full.subset([full.tokens[k] for k in sel.kept]).save(run.directions_path)  # that is not there
     write_json_atomic(run.selection_path, sel.as_dict() | {"select_clip": cfg.select_clip})
