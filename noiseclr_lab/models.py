@@ -93,6 +93,29 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_only_machine() -> bool:
+    """No device but the CPU: no CUDA or MPS (``pick_device``), no XPU, and none of the other accelerators
+    accelerate knows (NPU, MLU, HPU, MUSA, SDAA). Where it holds, processes launched together train and sweep
+    on the CPU with gloo; elsewhere accelerate picks the accelerator."""
+    if pick_device(None).type != "cpu":
+        return False
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return False
+    try:
+        from accelerate.utils import imports
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return True
+    for name in ("npu", "mlu", "hpu", "musa", "sdaa"):
+        check = getattr(imports, f"is_{name}_available", None)
+        try:
+            if check is not None and check():
+                return False
+        except Exception:  # noqa: BLE001 - a probe of an absent vendor stack failing means it is not there
+            continue
+    return True
+
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 

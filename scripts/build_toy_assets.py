@@ -7,6 +7,8 @@ Examples:
     python scripts/build_toy_assets.py --stage export
     python scripts/build_toy_assets.py --stage unet-zsnr --minutes 60      # zero terminal SNR, v-prediction
     python scripts/build_toy_assets.py --stage export-zsnr                 # -> WORK/zsnr_export/pipeline
+    python scripts/build_toy_assets.py --stage unet-zsnr-ordered --minutes 60   # the shipped rebuild, phrases in
+    python scripts/build_toy_assets.py --stage export-zsnr-ordered              # order -> WORK/zsnr_export/...
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
-    out = args.out or (Path(args.work) / "zsnr_export" if args.stage == "export-zsnr" else ASSET_DIR)
+    out = args.out or (Path(args.work) / "zsnr_export" if args.stage.startswith("export-zsnr") else ASSET_DIR)
     result = run_stage(cfg, args.stage, args.minutes, out)
     print(json.dumps(result, indent=2))
     return 0

@@ -34,7 +34,7 @@ from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
-from noiseclr_lab.models import load_pipeline, pick_device
+from noiseclr_lab.models import cpu_only_machine, load_pipeline, pick_device
 from noiseclr_lab.perf import speed_up
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
@@ -116,7 +116,7 @@ class Trainer:
         # accelerate joins the processes of a CPU launch (gloo) only when told the run is on the CPU: without
         # cpu=True each process of `torchrun` on a machine with no accelerator trained alone, into one run folder
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        cpu = cfg.device == "cpu" or (not cfg.device and launched > 1 and _cpu_only_machine())
+        cpu = cfg.device == "cpu" or (not cfg.device and launched > 1 and cpu_only_machine())
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=log_with,
                                project_dir=str(self.run_dir))
         acc = self.acc
@@ -497,28 +497,6 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir
-
-
-def _cpu_only_machine() -> bool:
-    """No device but the CPU: no CUDA or MPS (``pick_device``), no XPU, and none of the other accelerators
-    accelerate knows (NPU, MLU, HPU, MUSA, SDAA)."""
-    if pick_device(None).type != "cpu":
-        return False
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        return False
-    try:
-        from accelerate.utils import imports
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        return True
-    for name in ("npu", "mlu", "hpu", "musa", "sdaa"):
-        check = getattr(imports, f"is_{name}_available", None)
-        try:
-            if check is not None and check():
-                return False
-        except Exception:  # noqa: BLE001 - a probe of an absent vendor stack failing means it is not there
-            continue
-    return True
 
 
 def validation_grid(pipe, bank: DirectionBank, cfg: TrainConfig):

@@ -18,7 +18,8 @@ from toybuild.zsnr import export_zsnr, measure_zsnr, train_unet_zsnr
 
 # --------------------------------------------------------------------------- stages
 
-STAGES = ("vae", "probe", "unet", "clip", "export", "unet-zsnr", "export-zsnr")
+STAGES = ("vae", "probe", "unet", "clip", "export", "unet-zsnr", "export-zsnr", "unet-zsnr-ordered",
+          "export-zsnr-ordered")
 
 
 def _record(cfg: BuildConfig, stage: str, result: dict) -> None:
@@ -45,14 +46,15 @@ def run_stage(cfg: BuildConfig, stage: str, minutes: float, out: Path = ASSET_DI
         result = train_clip(cfg, minutes)
     elif stage == "export":
         return export_assets(cfg, out)
-    elif stage == "unet-zsnr":
-        result = train_unet_zsnr(cfg, minutes)
+    elif stage in ("unet-zsnr", "unet-zsnr-ordered"):
+        ordered = stage.endswith("ordered")
+        result = train_unet_zsnr(cfg, minutes, ordered)
         if minutes >= 5:  # short calls only train; the fidelity check costs about a minute
-            result |= measure_zsnr(cfg)
-        stage = "unet_zsnr"
-    elif stage == "export-zsnr":
-        result = export_zsnr(cfg, out)
-        _record(cfg, "unet_zsnr", dict(result))
+            result |= measure_zsnr(cfg, ordered)
+        stage = stage.replace("-", "_")
+    elif stage in ("export-zsnr", "export-zsnr-ordered"):
+        result = export_zsnr(cfg, out, stage.endswith("ordered"))
+        _record(cfg, "unet_" + stage.removeprefix("export-").replace("-", "_"), dict(result))
         return result
     else:
         raise ValueError(stage)

@@ -71,6 +71,12 @@ TERMINAL_FROM, LATE_SNR, LATE_PANEL_WEIGHT = 1322, 0.05, 10.0
 # read as circles (small squares drawn as round blobs, 1-2 latent pixels wide), every other form 0.85-1.00; a
 # shape's corners are fine detail, settled at high SNR, where min-SNR-5 weighs the error least.
 DETAIL_FROM, DETAIL_SNR, DETAIL_PANEL_WEIGHT = 3259, 1.0, 4.0
+# Stage ``unet-zsnr-ordered``: the shipped rebuild (exported at step EXPORTED_STEP of the second run) trained on
+# with every caption's phrases in the fixed order of the default model (no shuffling), the other weights as at
+# the export, the lr continuing the run's cosine after a fresh optimiser's ORDERED_WARMUP steps. Why: a shuffled
+# phrase order leaves a colour word alone ("blue") with no factor of its own; on the rebuild the text encoder's
+# word directions covered 2 of 6 face factors (5 of 6 on the default model) and discovery 4 of 6 (5 of 6).
+EXPORTED_STEP, ORDERED_WARMUP, CKPT_ORDERED = 4160, 50, "unet_zsnr_ordered.pt"
 
 
 def shuffled_caption(dom, record, rng, cfg) -> str:
@@ -118,18 +124,35 @@ def shipped_latents(cfg: BuildConfig, vae) -> dict:
     return out
 
 
-def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
+def _rebuild_into(pipe):
+    """Load the shipped rebuild's text encoder and UNet (``assets/toy/pipeline_zsnr``, EMA weights) into ``pipe``."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    src = ASSET_DIR / "pipeline_zsnr"
+    te = CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32, local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32, local_files_only=True)
+    pipe.text_encoder.load_state_dict(te.float().state_dict())
+    pipe.unet.load_state_dict(unet.float().state_dict())
+
+
+def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> dict:
     dev = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     pipe = _shipped()
+    ck_path = Path(cfg.work) / (CKPT_ORDERED if ordered else CKPT)
+    if ordered and not ck_path.exists():
+        _rebuild_into(pipe)
     sf = float(pipe.vae.config.scaling_factor)
     data, lat = dataset(cfg), shipped_latents(cfg, pipe.vae)
     z_all = {n: torch.from_numpy(lat[n]) for n in list_domains()}
     te, unet = pipe.text_encoder.to(dev).train(), pipe.unet.to(dev).train()
     te.requires_grad_(True)
     unet.requires_grad_(True)
-    st = JointState(cfg, te, unet, LR, Path(cfg.work) / CKPT, sf)
+    st = JointState(cfg, te, unet, LR, ck_path, sf)
+    if ordered and st.step == 0:
+        st.step = EXPORTED_STEP
     sched = zsnr_scheduler("ddpm")
     acp = sched.alphas_cumprod.to(dev)
     snr = acp / (1 - acp)
@@ -145,7 +168,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
     panel_norm = panel_map / panel_map.mean(dim=(1, 2, 3), keepdim=True)
 
     def one_step(step):
-        z, caps = st.batch(z_all, data, rng, shuffled_caption if step >= SHUFFLE_FROM else None)
+        z, caps = st.batch(z_all, data, rng, shuffled_caption if step >= SHUFFLE_FROM and not ordered else None)
         z0 = z.to(dev) * sf
         noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(z0),), generator=g).to(dev)
@@ -155,7 +178,8 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
             t[: len(t) // 8] = 999
         zt = sched.add_noise(z0, noise, t)
         target = sched.get_velocity(z0, noise, t)
-        lr = LR * min(1.0, (step + 1) / 100) * cosine_floor(step, DECAY_STEPS)
+        warm = (step - EXPORTED_STEP + 1) / ORDERED_WARMUP if ordered else (step + 1) / 100
+        lr = LR * min(1.0, warm) * cosine_floor(step, DECAY_STEPS)
         for pg in st.opt.param_groups:
             pg["lr"] = lr
         cond = te(st.ids_of(caps).to(dev))[0]
@@ -175,21 +199,26 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float) -> dict:
         st.update(loss, step)
         return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
 
-    step = timeboxed("unet-zsnr", minutes, st.step, one_step, st.save, save_every=240.0)
+    step = timeboxed("unet-zsnr-ordered" if ordered else "unet-zsnr", minutes, st.step, one_step, st.save,
+                     save_every=240.0)
+    shuffled = {"from_step": SHUFFLE_FROM, "p": SHUFFLE_P}
+    if ordered:
+        shuffled |= {"until_step": EXPORTED_STEP, "ordered_warmup": ORDERED_WARMUP}
     return {"steps": step, "scaling_factor": sf, "schedule": SCHEDULE | SAMPLER,
             "scenes_panel": {"from_step": PANEL_FROM, "latent_col": PANEL_COL, "extra_weight": PANEL_WEIGHT},
-            "shuffled_phrases": {"from_step": SHUFFLE_FROM, "p": SHUFFLE_P},
+            "shuffled_phrases": shuffled,
             "late_scenes_panel": {"from_step": TERMINAL_FROM, "snr_below": LATE_SNR, "weight": LATE_PANEL_WEIGHT,
                                   "terminal_rows": "every 8th"},
             "detail_scenes_panel": {"from_step": DETAIL_FROM, "snr_above": DETAIL_SNR, "weight": DETAIL_PANEL_WEIGHT}}
 
 
-def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True):
+def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True, ordered: bool = False):
     """The shipped pipeline with the fine-tuned text encoder and UNet (EMA) and the zero-terminal-SNR sampler."""
     pipe = _shipped()
-    ck = load_ckpt(Path(cfg.work) / CKPT)
+    ck = load_ckpt(Path(cfg.work) / (CKPT_ORDERED if ordered else CKPT))
     if ck is None:
-        raise FileNotFoundError(f"No unet-zsnr checkpoint in {cfg.work}: run --stage unet-zsnr first.")
+        stage = "unet-zsnr-ordered" if ordered else "unet-zsnr"
+        raise FileNotFoundError(f"No {stage} checkpoint in {cfg.work}: run --stage {stage} first.")
     pipe.text_encoder.load_state_dict(ck["te"])
     pipe.unet.load_state_dict(ck["unet"])
     if use_ema:
@@ -240,9 +269,9 @@ def terminal_sensitivity(pipe, n: int = 16, seed: int = 0) -> dict:
             "terminal/scenes/shape": change(caps, swap, PANEL_COL)}
 
 
-def measure_zsnr(cfg: BuildConfig) -> dict:
+def measure_zsnr(cfg: BuildConfig, ordered: bool = False) -> dict:
     probes = {n: load_probe(n) for n in list_domains()}
-    pipe = assemble_zsnr(cfg)
+    pipe = assemble_zsnr(cfg, ordered=ordered)
     return text_fidelity(pipe, probes) | terminal_sensitivity(pipe)
 
 
@@ -258,10 +287,10 @@ def strip_build_paths(folder: Path) -> list[Path]:
     return changed
 
 
-def export_zsnr(cfg: BuildConfig, out: Path) -> dict:
+def export_zsnr(cfg: BuildConfig, out: Path, ordered: bool = False) -> dict:
     """Write the fine-tuned pipeline (fp16) to ``out``/pipeline, atomically; returns its measured fidelity."""
-    res = measure_zsnr(cfg)
-    pipe = assemble_zsnr(cfg)
+    res = measure_zsnr(cfg, ordered)
+    pipe = assemble_zsnr(cfg, ordered=ordered)
     out.mkdir(parents=True, exist_ok=True)
     tmp, old = out / "pipeline.tmp", out / "pipeline.old"
     shutil.rmtree(tmp, ignore_errors=True)
