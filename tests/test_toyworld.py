@@ -100,3 +100,41 @@ def test_zsnr_export_drops_the_build_machines_paths(tmp_path):
     assert changed and "_name_or_path" not in texts() and str(tmp_path) not in texts()
     assert strip_build_paths(tmp_path / "b") == []
     StableDiffusionPipeline.from_pretrained(tmp_path / "b", local_files_only=True)
+
+
+def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeypatch):
+    """``--stage unet-zsnr-ordered`` starts from the shipped zero-SNR rebuild (not the epsilon model the first
+    stage starts from) at the step it was exported, warms a fresh optimiser up from lr 0, and captions every
+    image with its phrases in the fixed order; its checkpoint resumes and is not the ``unet-zsnr`` one."""
+    import torch
+    from safetensors.torch import load_file
+    from toybuild import zsnr
+    from toybuild.common import BuildConfig, load_ckpt
+    from toybuild.unet import JointState
+
+    seen, lrs = [], []
+    batch, update = JointState.batch, JointState.update
+
+    def batch_spy(self, z_all, data, rng, caption=None):
+        seen.append(caption)
+        return batch(self, z_all, data, rng, caption)
+
+    def update_spy(self, loss, step):
+        lrs.append(self.opt.param_groups[0]["lr"])
+        return update(self, loss, step)
+
+    monkeypatch.setattr(JointState, "batch", batch_spy)
+    monkeypatch.setattr(JointState, "update", update_spy)
+    cfg = BuildConfig(work=str(tmp_path), n_train=12, unet_batch=6)
+    zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)  # a time box of 0 still runs one step
+    ck = load_ckpt(tmp_path / zsnr.CKPT_ORDERED)
+    assert ck["step"] == zsnr.EXPORTED_STEP + 1 and not (tmp_path / zsnr.CKPT).exists()
+    assert lrs == [pytest.approx(zsnr.LR / zsnr.ORDERED_WARMUP * zsnr.cosine_floor(zsnr.EXPORTED_STEP, zsnr.DECAY_STEPS))]
+    shipped = load_file(zsnr.ASSET_DIR / "pipeline_zsnr" / "unet" / "diffusion_pytorch_model.safetensors")
+    base = load_file(zsnr.ASSET_DIR / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    name = "conv_in.weight"
+    ema = dict(zip([k for k in ck["unet"]], ck["ema"]["shadow"][-len(ck["unet"]):]))[name]
+    assert torch.allclose(ema, shipped[name].float(), atol=1e-3) and not torch.allclose(ema, base[name].float(), atol=1e-3)
+    assert seen == [None]  # JointState.batch's default: training_caption, the phrases in the domain's order
+    zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)
+    assert load_ckpt(tmp_path / zsnr.CKPT_ORDERED)["step"] == zsnr.EXPORTED_STEP + 2

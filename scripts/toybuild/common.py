@@ -76,15 +76,18 @@ def cosine_floor(done: float, total: float) -> float:
 
 
 def timeboxed(name: str, minutes: float, step: int, one_step, save, save_every: float = 180.0) -> int:
-    """Run ``one_step(step) -> postfix dict`` until ``minutes`` pass, calling ``save(step)`` every
-    ``save_every`` seconds and at the end; returns the step count reached."""
+    """Run ``one_step(step) -> postfix dict`` until ``minutes`` pass (at least one step: every call makes
+    progress), calling ``save(step)`` every ``save_every`` seconds and at the end; returns the step count
+    reached."""
     t0 = last = time.time()
     bar = tqdm(desc=name, unit="step")
-    while time.time() - t0 < minutes * 60:
+    while True:
         postfix = one_step(step)
         step += 1
         bar.update(1)
         bar.set_postfix(**postfix)
+        if time.time() - t0 >= minutes * 60:
+            break
         if time.time() - last > save_every:
             save(step)
             last = time.time()

@@ -130,8 +130,8 @@ def _rebuild_into(pipe):
     from transformers import CLIPTextModel
 
     src = ASSET_DIR / "pipeline_zsnr"
-    te = CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32, local_files_only=True)
-    unet = UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32, local_files_only=True)
+    te = CLIPTextModel.from_pretrained(src / "text_encoder", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(src / "unet", local_files_only=True)
     pipe.text_encoder.load_state_dict(te.float().state_dict())
     pipe.unet.load_state_dict(unet.float().state_dict())
 
