@@ -104,7 +104,7 @@ def test_zsnr_export_drops_the_build_machines_paths(tmp_path):
 
 def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeypatch):
     """``--stage unet-zsnr-ordered`` starts from the shipped zero-SNR rebuild (not the epsilon model the first
-    stage starts from) at the step it was exported, warms a fresh optimiser up from lr 0, and captions every
+    stage starts from) at the step it was exported (toy_assets.json), warms a fresh optimiser up from lr 0, and captions every
     image with its phrases in the fixed order; its checkpoint resumes and is not the ``unet-zsnr`` one."""
     import torch
     from safetensors.torch import load_file
@@ -127,9 +127,9 @@ def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeyp
     monkeypatch.setattr(JointState, "update", update_spy)
     cfg = BuildConfig(work=str(tmp_path), n_train=12, unet_batch=6)
     zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)  # a time box of 0 still runs one step
-    ck = load_ckpt(tmp_path / zsnr.CKPT_ORDERED)
-    assert ck["step"] == zsnr.EXPORTED_STEP + 1 and not (tmp_path / zsnr.CKPT).exists()
-    assert lrs == [pytest.approx(zsnr.LR / zsnr.ORDERED_WARMUP * zsnr.cosine_floor(zsnr.EXPORTED_STEP, zsnr.DECAY_STEPS))]
+    ck, start = load_ckpt(tmp_path / zsnr.CKPT_ORDERED), zsnr.shipped_rebuild_step()
+    assert start >= 4160 and ck["step"] == start + 1 and not (tmp_path / zsnr.CKPT).exists()
+    assert lrs == [pytest.approx(zsnr.LR / zsnr.ORDERED_WARMUP * zsnr.cosine_floor(start, zsnr.DECAY_STEPS))]
     shipped = load_file(zsnr.ASSET_DIR / "pipeline_zsnr" / "unet" / "diffusion_pytorch_model.safetensors")
     base = load_file(zsnr.ASSET_DIR / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     name = "conv_in.weight"
@@ -137,4 +137,4 @@ def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeyp
     assert torch.allclose(ema, shipped[name].float(), atol=1e-3) and not torch.allclose(ema, base[name].float(), atol=1e-3)
     assert seen == [None]  # JointState.batch's default: training_caption, the phrases in the domain's order
     zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)
-    assert load_ckpt(tmp_path / zsnr.CKPT_ORDERED)["step"] == zsnr.EXPORTED_STEP + 2
+    assert load_ckpt(tmp_path / zsnr.CKPT_ORDERED)["step"] == start + 2
