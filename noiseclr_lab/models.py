@@ -93,11 +93,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_only_machine() -> bool:
-    """No device but the CPU: no CUDA or MPS (``pick_device``), no XPU, and none of the other accelerators
-    accelerate knows (NPU, MLU, HPU, MUSA, SDAA). Where it holds, processes launched together train and sweep
-    on the CPU with gloo; elsewhere accelerate picks the accelerator."""
-    if pick_device(None).type != "cpu":
+def processes_join_on_cpu() -> bool:
+    """Whether processes launched together (``accelerate launch``, torchrun) with no device given join on the
+    CPU (gloo): no CUDA, no XPU, and none of the other accelerators accelerate knows (NPU, MLU, HPU, MUSA, SDAA).
+    An MPS machine counts as the CPU here: accelerate has no multi-process backend for MPS, so its processes
+    would each run alone. Elsewhere accelerate joins them on the accelerator."""
+    if torch.cuda.is_available():
         return False
     xpu = getattr(torch, "xpu", None)
     if xpu is not None and xpu.is_available():

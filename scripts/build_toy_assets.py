@@ -8,7 +8,7 @@ Examples:
     python scripts/build_toy_assets.py --stage unet-zsnr --minutes 60      # zero terminal SNR, v-prediction
     python scripts/build_toy_assets.py --stage export-zsnr                 # -> WORK/zsnr_export/pipeline
     python scripts/build_toy_assets.py --stage unet-zsnr-ordered --minutes 60   # the shipped rebuild, phrases in
-    python scripts/build_toy_assets.py --stage export-zsnr-ordered              # order -> WORK/zsnr_export/...
+    python scripts/build_toy_assets.py --stage export-zsnr-ordered              # order -> WORK/zsnr_ordered_export
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=BuildConfig.n_train, help="rendered training images per domain")
     p.add_argument("--out", type=Path, default=None,
                    help="where --stage export writes the assets (default: the package's), and --stage export-zsnr "
-                        "its pipeline (default: WORK/zsnr_export, a staging folder)")
+                        "its pipeline (default: a staging folder, WORK/zsnr_export or WORK/zsnr_ordered_export)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BuildConfig(work=args.work, device=args.device, n_train=args.n_train)
-    out = args.out or (Path(args.work) / "zsnr_export" if args.stage.startswith("export-zsnr") else ASSET_DIR)
+    staging = {"export-zsnr": "zsnr_export", "export-zsnr-ordered": "zsnr_ordered_export"}
+    out = args.out or (Path(args.work) / staging[args.stage] if args.stage in staging else ASSET_DIR)
     result = run_stage(cfg, args.stage, args.minutes, out)
     print(json.dumps(result, indent=2))
     return 0

@@ -142,8 +142,8 @@ class EditPipeline:
     ``compile`` / ``channels_last`` are ``noiseclr_lab.perf.speed_up``'s levers for the UNet calls of this
     pipeline (``pipe.unet`` itself stays uncompiled; ``channels_last`` converts the shared ``pipe.unet``'s
     weights to NHWC in place, for every user of ``pipe``). ``cpu_split`` (on the CPU, uncompiled) runs each UNet
-    call, and each decode, that fills two parts of 16 rows or more (32 rows on an even thread count, 48 on 3
-    threads: ``perf.concurrent_parts``) in parts side by side on worker threads
+    call, and each decode, that gives every part running at once 16 rows or more (32 rows on an even thread
+    count, 48 on 3: ``perf.concurrent_parts``) in parts side by side on worker threads
     that share torch's intra-op threads (``noiseclr_lab.perf.split_rows``: the same images; a sweep's UNet
     calls 1.09-1.25x faster on 2 cores, its decodes 1.26x). ``work`` counts what the pipeline has done (UNet
     rows, i.e. latent images through the UNet, and images decoded), so callers can turn time into FLOP rates.

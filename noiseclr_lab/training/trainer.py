@@ -34,7 +34,7 @@ from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
-from noiseclr_lab.models import cpu_only_machine, load_pipeline, pick_device
+from noiseclr_lab.models import load_pipeline, pick_device, processes_join_on_cpu
 from noiseclr_lab.perf import speed_up
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
@@ -116,7 +116,7 @@ class Trainer:
         # accelerate joins the processes of a CPU launch (gloo) only when told the run is on the CPU: without
         # cpu=True each process of `torchrun` on a machine with no accelerator trained alone, into one run folder
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        cpu = cfg.device == "cpu" or (not cfg.device and launched > 1 and cpu_only_machine())
+        cpu = cfg.device == "cpu" or (not cfg.device and launched > 1 and processes_join_on_cpu())
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=log_with,
                                project_dir=str(self.run_dir))
         acc = self.acc

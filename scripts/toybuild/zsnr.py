@@ -1,4 +1,5 @@
-"""Stages ``unet-zsnr`` and ``export-zsnr``: the toy UNet fine-tuned to a schedule that destroys layout at T.
+"""Stages ``unet-zsnr`` and ``export-zsnr`` (and their ``-ordered`` continuation, below): the toy UNet
+fine-tuned to a schedule that destroys layout at T.
 
 On a 16x16 latent SD's scaled-linear schedule leaves a signal-to-noise ratio of about 0.005 at t = 999: the
 low frequencies of z_T still say where things are, so the shipped (epsilon) model learned layout from the
