@@ -117,6 +117,17 @@ def processes_join_on_cpu() -> bool:
     return True
 
 
+def check_processes_joined(launched: int, joined: int, device) -> None:
+    """One sentence and a stop when accelerate joined fewer processes than were launched (``WORLD_SIZE``): each
+    would otherwise run the whole job alone into the same folder. What the trainer and the sharded sweeps check
+    after ``processes_join_on_cpu`` decided where they join."""
+    if launched > 1 and joined != launched:
+        raise NoiseCLRLabError(f"This is one of {launched} launched processes (WORLD_SIZE) but accelerate joined "
+                               f"{joined} on {device}: each would run alone into the same folder. Launch with "
+                               "`accelerate launch` or torchrun and the device every process can use (--device cpu "
+                               "joins them with gloo).")
+
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 

@@ -43,7 +43,7 @@ from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.editing import EditPipeline, default_edit_start, direction_grid, resolve_edits
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import read_json, save_image_atomic, write_json_atomic
-from noiseclr_lab.models import load_pipeline, processes_join_on_cpu
+from noiseclr_lab.models import check_processes_joined, load_pipeline, processes_join_on_cpu
 from noiseclr_lab.recipe import Recipe
 from noiseclr_lab.reports import ReportResult, build_report
 from noiseclr_lab.store import RunDir
@@ -439,11 +439,7 @@ class _Processes:
 
             cpu = str(device).startswith("cpu") or (device is None and processes_join_on_cpu())
             state = PartialState(cpu=cpu)
-            if state.num_processes != launched:
-                raise NoiseCLRLabError(f"This is one of {launched} launched processes (WORLD_SIZE) but accelerate "
-                                       f"joined {state.num_processes} on {state.device}: each would run the whole "
-                                       "job into the same folder. Launch with the device every process can use "
-                                       "(--device cpu joins them with gloo).")
+            check_processes_joined(launched, state.num_processes, state.device)
             self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
 
     @property

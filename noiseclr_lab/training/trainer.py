@@ -34,7 +34,7 @@ from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline, default_edit_start, edit_grid
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import save_image_atomic, save_torch_atomic, write_json_atomic
-from noiseclr_lab.models import load_pipeline, pick_device, processes_join_on_cpu
+from noiseclr_lab.models import check_processes_joined, load_pipeline, pick_device, processes_join_on_cpu
 from noiseclr_lab.perf import speed_up
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.training.config import TrainConfig
@@ -120,10 +120,7 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, log_with=log_with,
                                project_dir=str(self.run_dir))
         acc = self.acc
-        if launched > 1 and acc.num_processes != launched:
-            raise NoiseCLRLabError(f"This is one of {launched} launched processes (WORLD_SIZE) but accelerate joined "
-                                   f"{acc.num_processes}: they would train alone into one run folder. Launch with "
-                                   "`accelerate launch` or torchrun and the device every process can use.")
+        check_processes_joined(launched, acc.num_processes, acc.device)
         if cfg.direction_chunk and acc.num_processes > 1:
             raise NoiseCLRLabError("direction_chunk runs on one process only for now; train with one process or "
                                    "without it (gradient checkpointing also saves memory).")

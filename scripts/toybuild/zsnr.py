@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from noiseclr_lab.fileio import write_json_atomic
-from noiseclr_lab.toyworld import ASSET_DIR, load_probe
+from noiseclr_lab.toyworld import ASSET_DIR, load_probe, load_toy_pipeline
 from noiseclr_lab.toyworld.domains import get_domain, list_domains
 from toybuild.common import BuildConfig, cosine_floor, dataset, load_ckpt, timeboxed, to_tensor
 from toybuild.unet import _EMA, JointState, text_fidelity, training_caption
@@ -80,6 +80,14 @@ DETAIL_FROM, DETAIL_SNR, DETAIL_PANEL_WEIGHT = 3259, 1.0, 4.0
 # face factors on training seeds 0-4 from 4, 3, 2, 4, 4 to 5, 3, 3, 4, 3 and the words from 2 to 3 of 6: within
 # seed noise, so that export was not shipped (README, "The toy world").
 ORDERED_WARMUP, CKPT_ORDERED = 50, "unet_zsnr_ordered.pt"
+
+
+def _stage(ordered: bool) -> str:
+    return "unet-zsnr-ordered" if ordered else "unet-zsnr"
+
+
+def _checkpoint(cfg: BuildConfig, ordered: bool) -> Path:
+    return Path(cfg.work) / (CKPT_ORDERED if ordered else CKPT)
 
 
 def shipped_rebuild_step() -> int:
@@ -134,26 +142,13 @@ def shipped_latents(cfg: BuildConfig, vae) -> dict:
     return out
 
 
-def _rebuild_into(pipe):
-    """Load the shipped rebuild's text encoder and UNet (``assets/toy/pipeline_zsnr``, EMA weights) into ``pipe``."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    src = ASSET_DIR / "pipeline_zsnr"
-    te = CLIPTextModel.from_pretrained(src / "text_encoder", local_files_only=True)
-    unet = UNet2DConditionModel.from_pretrained(src / "unet", local_files_only=True)
-    pipe.text_encoder.load_state_dict(te.float().state_dict())
-    pipe.unet.load_state_dict(unet.float().state_dict())
-
-
 def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> dict:
     dev = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
-    pipe = _shipped()
-    ck_path = Path(cfg.work) / (CKPT_ORDERED if ordered else CKPT)
-    if ordered and not ck_path.exists():
-        _rebuild_into(pipe)
+    ck_path = _checkpoint(cfg, ordered)
+    # the ordered stage starts from the shipped rebuild (EMA weights; its own checkpoint afterwards)
+    pipe = load_toy_pipeline("faces", torch.float32, "zsnr") if ordered and not ck_path.exists() else _shipped()
     sf = float(pipe.vae.config.scaling_factor)
     data, lat = dataset(cfg), shipped_latents(cfg, pipe.vae)
     z_all = {n: torch.from_numpy(lat[n]) for n in list_domains()}
@@ -210,8 +205,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> 
         st.update(loss, step)
         return {"loss": f"{loss.item():.4f}", "lr": f"{lr:.1e}"}
 
-    step = timeboxed("unet-zsnr-ordered" if ordered else "unet-zsnr", minutes, st.step, one_step, st.save,
-                     save_every=240.0)
+    step = timeboxed(_stage(ordered), minutes, st.step, one_step, st.save, save_every=240.0)
     shuffled = {"from_step": SHUFFLE_FROM, "p": SHUFFLE_P}
     if ordered:
         shuffled |= {"until_step": start, "ordered_warmup": ORDERED_WARMUP}
@@ -226,9 +220,9 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> 
 def assemble_zsnr(cfg: BuildConfig, use_ema: bool = True, ordered: bool = False):
     """The shipped pipeline with the fine-tuned text encoder and UNet (EMA) and the zero-terminal-SNR sampler."""
     pipe = _shipped()
-    ck = load_ckpt(Path(cfg.work) / (CKPT_ORDERED if ordered else CKPT))
+    ck = load_ckpt(_checkpoint(cfg, ordered))
     if ck is None:
-        stage = "unet-zsnr-ordered" if ordered else "unet-zsnr"
+        stage = _stage(ordered)
         raise FileNotFoundError(f"No {stage} checkpoint in {cfg.work}: run --stage {stage} first.")
     pipe.text_encoder.load_state_dict(ck["te"])
     pipe.unet.load_state_dict(ck["unet"])
