@@ -105,7 +105,8 @@ def test_zsnr_export_drops_the_build_machines_paths(tmp_path):
 def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeypatch):
     """``--stage unet-zsnr-ordered`` starts from the shipped zero-SNR rebuild (not the epsilon model the first
     stage starts from) at the step it was exported (toy_assets.json), warms a fresh optimiser up from lr 0, and captions every
-    image with its phrases in the fixed order; its checkpoint resumes and is not the ``unet-zsnr`` one."""
+    image with its phrases in the fixed order; its checkpoint resumes (from the start it saved) and is not the
+    ``unet-zsnr`` one."""
     import torch
     from safetensors.torch import load_file
     from toybuild import zsnr
@@ -136,5 +137,26 @@ def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeyp
     ema = dict(zip([k for k in ck["unet"]], ck["ema"]["shadow"][-len(ck["unet"]):]))[name]
     assert torch.allclose(ema, shipped[name].float(), atol=1e-3) and not torch.allclose(ema, base[name].float(), atol=1e-3)
     assert seen == [None]  # JointState.batch's default: training_caption, the phrases in the domain's order
+    # a rebuild shipped between two calls does not move a started run's warm-up: its start is in its checkpoint
+    assert ck["start"] == start
+    monkeypatch.setattr(zsnr, "shipped_rebuild_step", lambda: start + 1000)
     zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)
-    assert load_ckpt(tmp_path / zsnr.CKPT_ORDERED)["step"] == start + 2
+    ck = load_ckpt(tmp_path / zsnr.CKPT_ORDERED)
+    assert ck["step"] == start + 2 and ck["start"] == start
+    assert lrs[-1] == pytest.approx(zsnr.LR * 2 / zsnr.ORDERED_WARMUP * zsnr.cosine_floor(start + 1, zsnr.DECAY_STEPS))
+
+
+def test_base_export_leaves_the_unshipped_ordered_rebuild_out_of_toy_assets(tmp_path):
+    """``--stage export`` copies the work folder's build log into toy_assets.json, but not the entry of the ordered
+    zero-SNR stage, whose export goes to a staging folder and never into the package."""
+    import json
+
+    from toybuild.common import BuildConfig
+    from toybuild.export import export_assets
+
+    work, out = tmp_path / "work", tmp_path / "assets"
+    work.mkdir()
+    log = {"unet_zsnr": {"steps": 4160}, "unet_zsnr_ordered": {"steps": 5554}, "vae": {"psnr": 30.0}}
+    (work / "build_log.json").write_text(json.dumps(log))
+    assert export_assets(BuildConfig(work=str(work)), out) == {}  # no weights in this work folder: the log only
+    assert json.loads((out / "toy_assets.json").read_text()) == {"unet_zsnr": {"steps": 4160}, "vae": {"psnr": 30.0}}

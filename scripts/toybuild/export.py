@@ -38,5 +38,6 @@ def export_assets(cfg: BuildConfig, out: Path = ASSET_DIR) -> dict:
         export_clip(cfg, out)
         written["clip"] = True
     log = json.loads((work / "build_log.json").read_text()) if (work / "build_log.json").exists() else {}
+    log.pop("unet_zsnr_ordered", None)  # its export goes to a staging folder, never into the package
     write_json_atomic(out / "toy_assets.json", log)
     return written

@@ -103,6 +103,7 @@ class JointState:
         self.tok = build_clip_tokenizer()
         self.cache: dict[str, torch.Tensor] = {}
         self.step = 0
+        self.start = None  # the step a continued run started from (the ordered zero-SNR stage); saved with it
         ck = load_ckpt(ck_path)
         if ck:
             te.load_state_dict(ck["te"])
@@ -110,10 +111,12 @@ class JointState:
             self.opt.load_state_dict(ck["opt"])
             self.ema.load_state_dict(ck["ema"])
             self.step = ck["step"]
+            self.start = ck.get("start")
 
     def save(self, step: int) -> None:
         save_torch_atomic({"te": self.te.state_dict(), "unet": self.unet.state_dict(), "opt": self.opt.state_dict(),
-                           "ema": self.ema.state_dict(), "step": step, "scaling_factor": self.sf}, self.ck_path)
+                           "ema": self.ema.state_dict(), "step": step, "scaling_factor": self.sf,
+                           "start": self.start}, self.ck_path)
 
     def ids_of(self, captions: list[str]) -> torch.Tensor:
         missing = [c for c in set(captions) if c not in self.cache]

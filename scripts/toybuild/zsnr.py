@@ -156,9 +156,10 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> 
     te.requires_grad_(True)
     unet.requires_grad_(True)
     st = JointState(cfg, te, unet, LR, ck_path, sf)
-    start = shipped_rebuild_step() if ordered else 0
-    if ordered and st.step == 0:
-        st.step = start
+    if ordered and st.start is None:  # a fresh run, or a checkpoint from before the start was saved with it
+        st.start = shipped_rebuild_step()
+        st.step = st.step or st.start
+    start = st.start if ordered else 0
     sched = zsnr_scheduler("ddpm")
     acp = sched.alphas_cumprod.to(dev)
     snr = acp / (1 - acp)
@@ -274,9 +275,10 @@ def terminal_sensitivity(pipe, n: int = 16, seed: int = 0) -> dict:
             "terminal/scenes/shape": change(caps, swap, PANEL_COL)}
 
 
-def measure_zsnr(cfg: BuildConfig, ordered: bool = False) -> dict:
+def measure_zsnr(cfg: BuildConfig, ordered: bool = False, pipe=None) -> dict:
+    """Text fidelity and terminal sensitivity of the stage's EMA pipeline (``pipe``: one already assembled)."""
     probes = {n: load_probe(n) for n in list_domains()}
-    pipe = assemble_zsnr(cfg, ordered=ordered)
+    pipe = pipe if pipe is not None else assemble_zsnr(cfg, ordered=ordered)
     return text_fidelity(pipe, probes) | terminal_sensitivity(pipe)
 
 
@@ -294,8 +296,8 @@ def strip_build_paths(folder: Path) -> list[Path]:
 
 def export_zsnr(cfg: BuildConfig, out: Path, ordered: bool = False) -> dict:
     """Write the fine-tuned pipeline (fp16) to ``out``/pipeline, atomically; returns its measured fidelity."""
-    res = measure_zsnr(cfg, ordered)
     pipe = assemble_zsnr(cfg, ordered=ordered)
+    res = measure_zsnr(cfg, ordered, pipe)
     out.mkdir(parents=True, exist_ok=True)
     tmp, old = out / "pipeline.tmp", out / "pipeline.old"
     shutil.rmtree(tmp, ignore_errors=True)
