@@ -256,5 +256,12 @@ def _load_toy_zsnr(domain: str, dtype: torch.dtype):
     return load_toy_pipeline(domain, dtype, variant="zsnr")
 
 
+TOY_MODEL_SOURCES = ("toy", "toy-zsnr")  # the spec prefixes of the shipped toy models (every domain each)
 register_model_source("toy", _load_toy)
 register_model_source("toy-zsnr", _load_toy_zsnr)
+
+
+def toy_model_domain(spec) -> str | None:
+    """The toy domain a model spec names (``toy:faces``, ``toy-zsnr:scenes``), else None (any other model)."""
+    prefix, sep, rest = str(spec).partition(":")
+    return rest if sep and rest and prefix in TOY_MODEL_SOURCES else None

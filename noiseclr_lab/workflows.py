@@ -30,6 +30,7 @@ from noiseclr_lab.analysis.groundtruth import (
     DEFAULT_SCALES,
     GT_SCHEMA,
     NOISE_Z,
+    bank_domain,
     check_baselines,
     effect_heatmap,
     make_baseline,
@@ -286,16 +287,6 @@ def evaluate_gt(run: str | os.PathLike | RunDir, domain: str | None = "faces", *
     write_json_atomic(metrics_path, data)
     save_image_atomic(effect_heatmap(results, factors), heatmap_path)
     return GTResult(run=run, data=data, metrics_path=metrics_path, heatmap_path=heatmap_path)
-
-
-def _toy_domain(spec: str) -> str | None:
-    return spec[4:] if spec.startswith("toy:") else None
-
-
-def bank_domain(bank: DirectionBank) -> str | None:
-    """The toy domain a bank's directions were learned on: its training data's when that was a toy domain
-    (``toy:scenes``; one toy model serves every domain), else its model spec's; None off the toy world."""
-    return _toy_domain(str(bank.training_config.get("data", ""))) or _toy_domain(bank.base_model)
 
 
 def default_prompt(bank: DirectionBank) -> str:

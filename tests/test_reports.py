@@ -232,3 +232,17 @@ def test_colour_scales_of_all_zero_and_long_labelled_maps():
     assert (long.data[0].zmin, long.data[0].zmax) == (-1.0, 1.0)
     img = Image.open(io.BytesIO(matrix_png(zero, ["<d0>", "<d1>"], ["smile", "glasses"], "effects", "change")))
     assert img.size[0] > 100 and img.size[1] > 100
+
+
+def test_a_toy_run_without_ground_truth_is_told_the_command_that_makes_it(tmp_path):
+    """The report's hint for a toy run (either toy model) is a command that runs: evaluate-gt needs --domain."""
+    import torch
+
+    from noiseclr_lab.reports.collect import _ground_truth
+
+    run = RunDir(tmp_path / "run")
+    for model, domain in (("toy:faces", "faces"), ("toy-zsnr:scenes", "scenes")):
+        gt = _ground_truth(run, DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model=model))
+        assert not gt["available"] and gt["make_with"] == f"noiseclr-lab evaluate-gt {run.path} --domain {domain}"
+    gt = _ground_truth(run, DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model="org/some-model"))
+    assert gt["make_with"] is None and "toy models only" in gt["reason"]

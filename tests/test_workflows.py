@@ -75,7 +75,7 @@ def test_the_domain_of_a_bank_is_its_training_datas():
     import torch
 
     from noiseclr_lab.directions import DirectionBank
-    from noiseclr_lab.workflows import bank_domain
+    from noiseclr_lab.workflows import bank_domain, default_prompt
 
     def bank(**kw):
         return DirectionBank(torch.zeros(1, 4), ["<d1>"], **kw)
@@ -83,6 +83,11 @@ def test_the_domain_of_a_bank_is_its_training_datas():
     assert bank_domain(bank(base_model="toy:faces", training_config={"data": "toy:scenes"})) == "scenes"
     assert bank_domain(bank(base_model="toy:faces", training_config={"data": "/data/faces"})) == "faces"
     assert bank_domain(bank(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")) is None
+    # the zero-terminal-SNR rebuild is the toy world too: its banks' images are made with "a cartoon face", and
+    # named with the toy vocabulary (it was "" and the real-photo one: the shared model then drew any domain)
+    zsnr = bank(base_model="toy-zsnr:faces", training_config={"data": "/data/faces"})
+    assert bank_domain(zsnr) == "faces" and default_prompt(zsnr) == "a cartoon face"
+    assert bank_domain(bank(base_model="/models/toy-zsnr:faces")) is None  # a path, not a toy spec
 
 
 def test_a_recipe_is_refused_when_its_names_or_calibrated_scales_resolve_differently(tmp_path):

@@ -42,6 +42,7 @@ from noiseclr_lab.analysis.sweep import SweepReading, SweepSettings, read_sweep
 from noiseclr_lab.directions.bank import DirectionBank, tokenizer_fingerprint
 from noiseclr_lab.editing import EditPipeline, label_font
 from noiseclr_lab.errors import NoiseCLRLabError
+from noiseclr_lab.models import toy_model_domain
 from noiseclr_lab.registry import Registry
 from noiseclr_lab.store import RunDir
 from noiseclr_lab.toyworld import get_domain
@@ -50,6 +51,14 @@ GT_SCHEMA = "noiseclr_lab.gt/2"  # gt_metrics.json (2: settings say guidance_sca
 DEFAULT_SCALES = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 CALIBRATION_THRESHOLD = 0.3
 NOISE_Z = 1.0  # standard errors subtracted from every mean change (see the module docstring)
+
+
+def bank_domain(bank: DirectionBank) -> str | None:
+    """The toy domain a bank's directions were learned on: its training data's when that was a toy domain
+    (``toy:scenes``; one toy model serves every domain), else its model spec's (``toy:faces``,
+    ``toy-zsnr:faces``); None off the toy world."""
+    data = str(bank.training_config.get("data", ""))
+    return (data[4:] if data.startswith("toy:") else None) or toy_model_domain(bank.base_model)
 
 
 def effect_from_reading(reading: SweepReading, noise_z: float = NOISE_Z) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from noiseclr_lab._version import __version__
 from noiseclr_lab.analysis.clipanalysis import SCHEMA as ANALYSIS_SCHEMA
-from noiseclr_lab.analysis.groundtruth import GT_SCHEMA
+from noiseclr_lab.analysis.groundtruth import GT_SCHEMA, bank_domain
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import read_json
@@ -288,12 +288,13 @@ GT_METRICS = (("coverage", "coverage"), ("modularity", "modularity_mean"), ("MIG
 
 def _ground_truth(run: RunDir, bank: DirectionBank) -> dict:
     path = run.analysis_dir / RunDir.GT_JSON
-    toy = str(bank.base_model).startswith("toy:")
+    domain = bank_domain(bank)
+    make_with = f"noiseclr-lab evaluate-gt {run.path} --domain {domain or 'faces'}"
     if not path.is_file():
-        return {"available": False, "reason": "no ground-truth scores" + ("" if toy else " (the model has no known "
-                                                                                     "factors: toy models only)"),
-                "make_with": f"noiseclr-lab evaluate-gt {run.path}" if toy else None}
-    gt = _read_json(path, "ground-truth score file", GT_SCHEMA, f"re-run `noiseclr-lab evaluate-gt {run.path}`")
+        return {"available": False, "reason": "no ground-truth scores" + ("" if domain else " (the model has no "
+                                                                                        "known factors: toy models only)"),
+                "make_with": make_with if domain else None}
+    gt = _read_json(path, "ground-truth score file", GT_SCHEMA, f"re-run `{make_with}`")
     trained = gt["banks"]["trained"]
     banks = []
     for name, b in gt["banks"].items():
