@@ -603,7 +603,8 @@ def preview_strip_path(run: str | os.PathLike | RunDir, token: str,
     bank = bank or DirectionBank.load(run.require_directions())
     k = bank.index(token)
     key = hashlib.sha256(repr((bank.content_hash(), bank.tokens[k], [float(x) for x in scales], seeds,
-                               num_inference_steps, guidance_scale)).encode()).hexdigest()[:12]
+                               num_inference_steps, guidance_scale, default_prompt(bank),
+                               default_edit_start(num_inference_steps))).encode()).hexdigest()[:12]
     return run.analysis_dir / f"preview-{k:04d}-{key}.png"
 
 

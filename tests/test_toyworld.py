@@ -144,6 +144,12 @@ def test_ordered_zsnr_stage_trains_on_from_the_shipped_rebuild(tmp_path, monkeyp
     ck = load_ckpt(tmp_path / zsnr.CKPT_ORDERED)
     assert ck["step"] == start + 2 and ck["start"] == start
     assert lrs[-1] == pytest.approx(zsnr.LR * 2 / zsnr.ORDERED_WARMUP * zsnr.cosine_floor(start + 1, zsnr.DECAY_STEPS))
+    # a checkpoint from before the start was saved keeps its step, and its warm-up never starts past it
+    ck.pop("start")
+    torch.save(ck, tmp_path / zsnr.CKPT_ORDERED)
+    zsnr.train_unet_zsnr(cfg, minutes=0.0, ordered=True)
+    ck = load_ckpt(tmp_path / zsnr.CKPT_ORDERED)
+    assert ck["step"] == start + 3 and ck["start"] == start + 2 and lrs[-1] > 0
 
 
 def test_base_export_leaves_the_unshipped_ordered_rebuild_out_of_toy_assets(tmp_path):

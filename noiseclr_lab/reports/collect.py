@@ -8,6 +8,7 @@ images it refers to by name (``images/<name>.png`` beside report.json).
 from __future__ import annotations
 
 import io
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +290,7 @@ GT_METRICS = (("coverage", "coverage"), ("modularity", "modularity_mean"), ("MIG
 def _ground_truth(run: RunDir, bank: DirectionBank) -> dict:
     path = run.analysis_dir / RunDir.GT_JSON
     domain = bank_domain(bank)
-    make_with = f"noiseclr-lab evaluate-gt {run.path} --domain {domain or 'faces'}"
+    make_with = f"noiseclr-lab evaluate-gt {shlex.quote(str(run.path))} --domain {domain or 'DOMAIN'}"
     if not path.is_file():
         return {"available": False, "reason": "no ground-truth scores" + ("" if domain else " (the model has no "
                                                                                         "known factors: toy models only)"),

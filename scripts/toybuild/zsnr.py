@@ -157,7 +157,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> 
     unet.requires_grad_(True)
     st = JointState(cfg, te, unet, LR, ck_path, sf)
     if ordered and st.start is None:  # a fresh run, or a checkpoint from before the start was saved with it
-        st.start = shipped_rebuild_step()
+        st.start = min(shipped_rebuild_step(), st.step) if st.step else shipped_rebuild_step()
         st.step = st.step or st.start
     start = st.start if ordered else 0
     sched = zsnr_scheduler("ddpm")
