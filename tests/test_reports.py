@@ -244,5 +244,9 @@ def test_a_toy_run_without_ground_truth_is_told_the_command_that_makes_it(tmp_pa
     for model, domain in (("toy:faces", "faces"), ("toy-zsnr:scenes", "scenes")):
         gt = _ground_truth(run, DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model=model))
         assert not gt["available"] and gt["make_with"] == f"noiseclr-lab evaluate-gt {run.path} --domain {domain}"
-    gt = _ground_truth(run, DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model="org/some-model"))
-    assert gt["make_with"] is None and "toy models only" in gt["reason"]
+    for data in ("/data/faces", "toy:faces"):  # toy data on another model: the probe cannot read its images
+        other = DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model="org/some-model", training_config={"data": data})
+        gt = _ground_truth(run, other)
+        assert gt["make_with"] is None and "toy models only" in gt["reason"]
+    bank = DirectionBank(torch.zeros(1, 4), ["<d1>"], base_model="toy:faces", training_config={"data": "toy:scenes"})
+    assert _ground_truth(run, bank)["make_with"].endswith("--domain scenes")

@@ -20,6 +20,7 @@ from noiseclr_lab.analysis.groundtruth import GT_SCHEMA, bank_domain
 from noiseclr_lab.directions import DirectionBank
 from noiseclr_lab.errors import NoiseCLRLabError
 from noiseclr_lab.fileio import read_json
+from noiseclr_lab.models import toy_model_domain
 from noiseclr_lab.store import RunDir, inside
 
 REPORT_SCHEMA = "noiseclr_lab.report/1"
@@ -289,12 +290,13 @@ GT_METRICS = (("coverage", "coverage"), ("modularity", "modularity_mean"), ("MIG
 
 def _ground_truth(run: RunDir, bank: DirectionBank) -> dict:
     path = run.analysis_dir / RunDir.GT_JSON
-    domain = bank_domain(bank)
+    toy = toy_model_domain(bank.base_model) is not None  # the probes read what toy models draw, not others'
+    domain = bank_domain(bank) if toy else None  # a toy model's domain is its training data's (toy:scenes) first
     make_with = f"noiseclr-lab evaluate-gt {shlex.quote(str(run.path))} --domain {domain or 'DOMAIN'}"
     if not path.is_file():
-        return {"available": False, "reason": "no ground-truth scores" + ("" if domain else " (the model has no "
-                                                                                        "known factors: toy models only)"),
-                "make_with": make_with if domain else None}
+        return {"available": False, "reason": "no ground-truth scores" + ("" if toy else " (the model has no "
+                                                                                     "known factors: toy models only)"),
+                "make_with": make_with if toy else None}
     gt = _read_json(path, "ground-truth score file", GT_SCHEMA, f"re-run `{make_with}`")
     trained = gt["banks"]["trained"]
     banks = []
