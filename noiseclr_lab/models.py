@@ -256,9 +256,10 @@ def _load_toy_zsnr(domain: str, dtype: torch.dtype):
     return load_toy_pipeline(domain, dtype, variant="zsnr")
 
 
-TOY_MODEL_SOURCES = ("toy", "toy-zsnr")  # the spec prefixes of the shipped toy models (every domain each)
-register_model_source("toy", _load_toy)
-register_model_source("toy-zsnr", _load_toy_zsnr)
+_TOY_LOADERS = {"toy": _load_toy, "toy-zsnr": _load_toy_zsnr}  # the shipped toy models (every domain each)
+TOY_MODEL_SOURCES = tuple(_TOY_LOADERS)  # their spec prefixes
+for _prefix, _loader in _TOY_LOADERS.items():
+    register_model_source(_prefix, _loader)
 
 
 def toy_model_domain(spec) -> str | None:

@@ -21,6 +21,7 @@ the work folder's build log under ``unet_zsnr``; the shipped model stays until t
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -157,7 +158,7 @@ def train_unet_zsnr(cfg: BuildConfig, minutes: float, ordered: bool = False) -> 
     unet.requires_grad_(True)
     st = JointState(cfg, te, unet, LR, ck_path, sf)
     if ordered and st.start is None:  # a fresh run, or a checkpoint from before the start was saved with it
-        st.start = min(shipped_rebuild_step(), st.step) if st.step else shipped_rebuild_step()
+        st.start = min(shipped_rebuild_step(), st.step or math.inf)
         st.step = st.step or st.start
     start = st.start if ordered else 0
     sched = zsnr_scheduler("ddpm")
